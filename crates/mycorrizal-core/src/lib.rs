@@ -1,0 +1,22 @@
+//! Pure, deterministic logic of Mycorrizal.
+//!
+//! This crate decides; the `mycorrizal` crate executes. Nothing here performs I/O, reads a
+//! clock or draws from a global random number generator: wall-clock time and randomness enter
+//! as arguments, so every function can be tested as a plain value-in, value-out computation
+//! and every simulation replays exactly from its seed.
+//!
+//! What lives here:
+//! - [`node`]: node identities and the compact tag derived from them.
+//! - [`hlc`]: the hybrid logical clock that versions every write.
+//! - [`record`]: versioned values and tombstones, and the last-writer-wins merge rule.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod hlc;
+pub mod node;
+pub mod record;
+
+pub use hlc::{ClockError, Hlc, HlcTime, Timestamp};
+pub use node::{NodeId, NodeIdError, NodeTag};
+pub use record::{Record, RecordState};

@@ -1,0 +1,17 @@
+//! Mycorrizal: the instances of one application form a secure, leaderless cluster and share a
+//! replicated cache, messaging and events, in-process.
+//!
+//! This release contains the per-node foundation:
+//! - [`store`]: bounded, versioned, expiring buckets (the engine under the distributed cache);
+//! - [`clock`]: wall-clock sources and the node's hybrid logical clock.
+//!
+//! Pure decisions (versions, merge rules) live in [`mycorrizal_core`]; this crate executes them.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod store;
+
+pub use mycorrizal_core as core;
+pub use mycorrizal_core::NodeId;

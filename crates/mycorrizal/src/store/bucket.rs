@@ -1,0 +1,544 @@
+//! One bucket of the local store: a bounded map from keys to versioned [`Record`]s.
+//!
+//! The engine is `quick_cache` (S3-FIFO-like eviction: scan resistant, synchronous, no
+//! background threads). On top of it this module adds what the engine lacks: absolute expiry
+//! checked on every read and reclaimed by the [`ExpiryIndex`](super::expiry) sweep, versioned
+//! writes merged by last-writer-wins, tombstones, admission control for oversized entries, and
+//! counters.
+//!
+//! # Concurrency
+//!
+//! Reads take only the engine's shard read lock. Writes to one key are serialised by one of
+//! [`WRITE_LOCKS`] striped mutexes: the version comparison (last-writer-wins) and the insert
+//! must be one atomic step, or two racing writers could leave the older version in place. No
+//! lock is held across an `.await`; nothing here is async.
+//!
+//! # Eviction policy
+//!
+//! Not strict LRU: quick_cache's S3-FIFO variant admits new entries to a small probation queue
+//! and promotes those read again, which keeps one-off scans from flushing the working set. Its
+//! hit ratio on skewed (Zipf) workloads is at least LRU's; `docs/BENCHMARKS.md` has figures.
+//! A value just written is always readable until something else is written to the bucket: the
+//! engine evicts *before* admitting a new entry.
+
+use std::{
+    hash::{BuildHasher, Hash},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal_core::{Record, RecordState, Timestamp};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
+
+use super::{
+    config::{BucketConfig, Capacity, ConfigError, MAX_KEY_LEN, check_ttl},
+    error::StoreError,
+    expiry::ExpiryIndex,
+    stats::{BucketStats, Counters, Event},
+};
+use crate::clock::NodeClock;
+
+/// Bytes charged per entry on top of key and value in byte-bounded buckets: the engine's slot,
+/// the record header and the allocator's bookkeeping, so `max_bytes` tracks real memory.
+pub const ENTRY_OVERHEAD: u64 = 96;
+/// Number of striped write locks per bucket.
+const WRITE_LOCKS: usize = 256;
+/// Share of a shard's capacity the engine's hot queue may hold; also the largest single entry a
+/// shard admits. Set explicitly so [`Bucket::max_entry_size`] is computed from the same number.
+const HOT_ALLOCATION: f64 = 0.97;
+/// Fewest entries we want per shard before adding shards; fewer shards means a more exact
+/// eviction order in small buckets.
+const MIN_ENTRIES_PER_SHARD: u64 = 256;
+/// Rough entry weight assumed to size the engine's ghost list in byte-bounded buckets.
+const ASSUMED_ENTRY_WEIGHT: u64 = 512;
+
+type Engine = Cache<Bytes, Record, EntryWeighter, DefaultHashBuilder, Departures>;
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The record is now stored (or, for an already-expired record, the older one was removed).
+    Applied,
+    /// A newer version was already stored; nothing changed.
+    Stale,
+}
+
+/// A handle to one bucket. Cloning is cheap and every clone refers to the same data.
+#[derive(Clone)]
+pub struct Bucket {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BucketConfig,
+    engine: Engine,
+    write_locks: Box<[Mutex<()>]>,
+    lock_hasher: DefaultHashBuilder,
+    expiry: ExpiryIndex,
+    counters: Counters,
+    clock: Arc<NodeClock>,
+    max_entry_size: u64,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("name", &self.inner.config.name())
+            .field("max_entry_size", &self.inner.max_entry_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Charges entries against the bucket's [`Capacity`].
+#[derive(Clone)]
+struct EntryWeighter {
+    /// `None`: every entry weighs 1 (entry-bounded bucket).
+    bytes: Option<ByteWeight>,
+}
+
+#[derive(Clone, Copy)]
+struct ByteWeight {
+    /// Minimum charge per entry, `max_bytes / max_entries` when both bounds apply.
+    floor: u64,
+}
+
+impl EntryWeighter {
+    #[inline]
+    fn weight_of(&self, size: u64) -> u64 {
+        match self.bytes {
+            None => 1,
+            Some(b) => (size + ENTRY_OVERHEAD).max(b.floor),
+        }
+    }
+}
+
+impl Weighter<Bytes, Record> for EntryWeighter {
+    #[inline]
+    fn weight(&self, key: &Bytes, val: &Record) -> u64 {
+        self.weight_of(entry_size(key, val))
+    }
+}
+
+#[inline]
+fn entry_size(key: &[u8], record: &Record) -> u64 {
+    (key.len() + record.value().map_or(0, Bytes::len)) as u64
+}
+
+/// Collects what the engine evicts during one operation, so it is counted (and dropped) after
+/// the shard lock is released.
+#[derive(Clone, Default)]
+struct Departures;
+
+#[derive(Default)]
+struct Departed(Vec<(Bytes, Record)>);
+
+impl Lifecycle<Bytes, Record> for Departures {
+    type RequestState = Departed;
+
+    #[inline]
+    fn on_evict(&self, state: &mut Departed, key: Bytes, val: Record) {
+        state.0.push((key, val));
+    }
+}
+
+impl Bucket {
+    pub(crate) fn new(
+        config: BucketConfig,
+        clock: Arc<NodeClock>,
+        expiry_granularity_ms: u64,
+    ) -> Result<Self, ConfigError> {
+        let (weighter, weight_capacity, estimated_items) = match config.capacity() {
+            Capacity::Entries(n) => (EntryWeighter { bytes: None }, n.get(), n.get()),
+            Capacity::Bytes(b) => (
+                EntryWeighter { bytes: Some(ByteWeight { floor: 0 }) },
+                b.get(),
+                b.get() / ASSUMED_ENTRY_WEIGHT,
+            ),
+            Capacity::Both { max_entries, max_bytes } => (
+                EntryWeighter {
+                    bytes: Some(ByteWeight { floor: max_bytes.get() / max_entries.get() }),
+                },
+                max_bytes.get(),
+                max_entries.get(),
+            ),
+        };
+        let heaviest = weighter.weight_of(config.max_entry_size());
+        let shards = plan_shards(weight_capacity, heaviest, estimated_items);
+        let admissible = admissible_weight(weight_capacity.div_ceil(shards));
+        if admissible < heaviest {
+            return Err(ConfigError::EntryLargerThanBucket {
+                max_entry_size: config.max_entry_size(),
+                max_bytes: weight_capacity,
+                admissible: admissible.saturating_sub(ENTRY_OVERHEAD),
+            });
+        }
+        let options = OptionsBuilder::new()
+            .shards(shards as usize)
+            .hot_allocation(HOT_ALLOCATION)
+            .weight_capacity(weight_capacity)
+            .estimated_items_capacity(estimated_items.max(32 * shards) as usize)
+            .build()
+            .map_err(|_| ConfigError::OutOfRange {
+                field: "max_bytes",
+                value: weight_capacity,
+                min: 1,
+                max: u64::MAX,
+            })?;
+        let engine = Engine::with_options(
+            options,
+            weighter.clone(),
+            DefaultHashBuilder::default(),
+            Departures,
+        );
+        // Read back what the engine actually built; the largest entry follows from it.
+        let admissible = admissible_weight(engine.shard_capacity());
+        let max_entry_size = match weighter.bytes {
+            None => config.max_entry_size(),
+            Some(b) if admissible >= b.floor => {
+                admissible.saturating_sub(ENTRY_OVERHEAD).max(config.max_entry_size())
+            }
+            Some(_) => 0,
+        };
+        debug_assert!(max_entry_size >= config.max_entry_size());
+        Ok(Bucket {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                write_locks: (0..WRITE_LOCKS).map(|_| Mutex::new(())).collect(),
+                lock_hasher: DefaultHashBuilder::default(),
+                expiry: ExpiryIndex::new(expiry_granularity_ms),
+                counters: Counters::new(),
+                clock,
+                max_entry_size,
+            }),
+        })
+    }
+
+    /// The bucket's configuration.
+    pub fn config(&self) -> &BucketConfig {
+        &self.inner.config
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        self.inner.config.name().as_str()
+    }
+
+    /// The largest entry (key plus value bytes) this bucket admits; larger writes fail with
+    /// [`StoreError::EntryTooLarge`]. At least the configured `max_entry_size`.
+    pub fn max_entry_size(&self) -> u64 {
+        self.inner.max_entry_size
+    }
+
+    /// The live value of `key`, if any. Expired values are never returned (and are reclaimed on
+    /// the spot); tombstones read as absent.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
+        let key = key.as_ref();
+        let inner = &*self.inner;
+        match inner.engine.get(key) {
+            Some(Record { state: RecordState::Live(value), expires_at_ms, version }) => {
+                if let Some(at) = expires_at_ms {
+                    if at <= inner.clock.now_ms() {
+                        self.reap(key, version);
+                        inner.counters.count(Event::Miss);
+                        return None;
+                    }
+                }
+                inner.counters.count(Event::Hit);
+                Some(value)
+            }
+            _ => {
+                inner.counters.count(Event::Miss);
+                None
+            }
+        }
+    }
+
+    /// The stored record of `key`, tombstones and expired values included; for replication.
+    /// Does not count as a read or promote the entry.
+    pub fn record(&self, key: impl AsRef<[u8]>) -> Option<Record> {
+        self.inner.engine.peek(key.as_ref())
+    }
+
+    /// Stores `value` under `key` with the bucket's default TTL (if any); returns the version.
+    pub fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+    ) -> Result<Timestamp, StoreError> {
+        self.put(key.as_ref(), value.into(), self.inner.config.default_ttl())
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` (1 ms ..= 366 days); returns the version.
+    pub fn set_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<Timestamp, StoreError> {
+        self.put(key.as_ref(), value.into(), Some(check_ttl(ttl)?))
+    }
+
+    fn put(
+        &self,
+        key: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<Timestamp, StoreError> {
+        let key = self.admit(key, value.len())?;
+        let inner = &*self.inner;
+        let _serial = self.write_lock(&key);
+        let version = inner.clock.tick();
+        let expires_at = ttl.map(|ttl| inner.clock.now_ms().saturating_add(ttl.as_millis() as u64));
+        let current = inner.engine.peek(&key);
+        self.store_locked(key, Record::live(version, value, expires_at), current);
+        Ok(version)
+    }
+
+    /// Deletes `key` by writing a tombstone (kept for the bucket's `tombstone_ttl`). Returns
+    /// whether a live value was removed.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        let key = self.admit(key.as_ref(), 0)?;
+        let inner = &*self.inner;
+        let _serial = self.write_lock(&key);
+        let version = inner.clock.tick();
+        let purge_at =
+            version.time.wall_ms().saturating_add(inner.config.tombstone_ttl().as_millis() as u64);
+        let current = inner.engine.peek(&key);
+        let was_live = current.as_ref().is_some_and(|r| self.is_readable(r));
+        self.store_locked(key, Record::tombstone(version, purge_at), current);
+        Ok(was_live)
+    }
+
+    /// Gives the live value of `key` a new TTL counted from now. Returns `false` (and changes
+    /// nothing) when there is no live value.
+    pub fn expire(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<bool, StoreError> {
+        let ttl = check_ttl(ttl)?;
+        let key = self.admit(key.as_ref(), 0)?;
+        let inner = &*self.inner;
+        let _serial = self.write_lock(&key);
+        let current = inner.engine.peek(&key);
+        let Some(value) =
+            current.as_ref().filter(|r| self.is_readable(r)).and_then(|r| r.value().cloned())
+        else {
+            return Ok(false);
+        };
+        let version = inner.clock.tick();
+        let expires_at = inner.clock.now_ms().saturating_add(ttl.as_millis() as u64);
+        self.store_locked(key, Record::live(version, value, Some(expires_at)), current);
+        Ok(true)
+    }
+
+    /// Merges a record written elsewhere (a replica, a rebalance stream) by last-writer-wins.
+    ///
+    /// Refuses a record whose version is further ahead of this node's clock than the allowed
+    /// drift; otherwise advances this node's clock past it so later local writes order after.
+    pub fn apply(&self, key: impl AsRef<[u8]>, record: Record) -> Result<WriteOutcome, StoreError> {
+        let inner = &*self.inner;
+        let key = self.admit(key.as_ref(), record.value().map_or(0, Bytes::len))?;
+        inner.clock.observe(record.version.time)?;
+        let _serial = self.write_lock(&key);
+        let current = inner.engine.peek(&key);
+        if let Some(cur) = &current {
+            if !record.supersedes(cur) {
+                inner.counters.count(Event::StaleWrite);
+                return Ok(WriteOutcome::Stale);
+            }
+        }
+        if record.is_expired(inner.clock.now_ms()) {
+            // Newer than what we hold but already gone: the key is gone too. Storing the
+            // record would only occupy memory until the next sweep.
+            if let Some(cur) = current {
+                self.reap(&key, cur.version);
+            }
+            return Ok(WriteOutcome::Applied);
+        }
+        self.store_locked(key, record, current);
+        Ok(WriteOutcome::Applied)
+    }
+
+    /// Every record stored now (tombstones and not-yet-reclaimed expired values included), one
+    /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
+    /// anti-entropy; does not count as reads.
+    pub fn entries(&self) -> impl Iterator<Item = (Bytes, Record)> + '_ {
+        self.inner.engine.iter()
+    }
+
+    /// A snapshot of this bucket's counters.
+    pub fn stats(&self) -> BucketStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Removes every record that has expired by now (values past TTL, tombstones past their
+    /// window). Returns how many were removed.
+    pub fn sweep_expired(&self) -> usize {
+        let inner = &*self.inner;
+        let now = inner.clock.now_ms();
+        let mut removed = 0;
+        for slot in inner.expiry.take_due(now) {
+            for key in slot {
+                let reaped = inner.engine.remove_if(&key, |r: &Record| r.is_expired(now));
+                if let Some((_, record)) = reaped {
+                    self.account_reaped(&key, &record);
+                    removed += 1;
+                }
+            }
+        }
+        // Index records for keys overwritten, deleted early or evicted linger until their slot
+        // comes due; if they outnumber entries two to one, rebuild to keep memory bounded.
+        let held = inner.engine.len();
+        if inner.expiry.len() > 2 * held + 1024 {
+            inner.expiry.rebuild(
+                inner.engine.iter().filter_map(|(k, r)| r.expires_at_ms.map(|at| (k, at))),
+            );
+        }
+        removed
+    }
+
+    /// Records in the expiry index, stale ones included. Bounded by about twice the entries.
+    pub fn expiry_index_len(&self) -> usize {
+        self.inner.expiry.len()
+    }
+
+    // ----- internals -----
+
+    /// Checks sizes and turns the key into an owned `Bytes`.
+    fn admit(&self, key: &[u8], value_len: usize) -> Result<Bytes, StoreError> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::KeyTooLong { len: key.len(), max: MAX_KEY_LEN });
+        }
+        let size = (key.len() + value_len) as u64;
+        if size > self.inner.max_entry_size {
+            self.inner.counters.count(Event::Rejected);
+            return Err(StoreError::EntryTooLarge {
+                bucket: self.name().to_owned(),
+                size,
+                max: self.inner.max_entry_size,
+            });
+        }
+        Ok(Bytes::copy_from_slice(key))
+    }
+
+    fn write_lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let mut h = self.inner.lock_hasher.build_hasher();
+        key.hash(&mut h);
+        let i = std::hash::Hasher::finish(&h) as usize % WRITE_LOCKS;
+        // The guarded data is `()`: a poisoned lock carries no broken state.
+        self.inner.write_locks[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_readable(&self, r: &Record) -> bool {
+        !r.is_tombstone() && !r.is_expired(self.inner.clock.now_ms())
+    }
+
+    /// Inserts `record`, which supersedes `current`, with the key's write lock held; then
+    /// accounts for everything that arrived and left.
+    fn store_locked(&self, key: Bytes, record: Record, current: Option<Record>) {
+        let inner = &*self.inner;
+        let counters = &inner.counters;
+        let was_live = current.as_ref().is_some_and(|r| self.is_readable(r));
+        match (&record.state, was_live) {
+            (RecordState::Live(_), true) => counters.count(Event::Update),
+            (RecordState::Live(_), false) => counters.count(Event::Insert),
+            (RecordState::Deleted, true) => counters.count(Event::Delete),
+            (RecordState::Deleted, false) => {}
+        }
+        counters.occupancy(!record.is_tombstone(), entry_size(&key, &record) as usize, 1);
+        if let Some(at) = record.expires_at_ms {
+            inner.expiry.schedule(key.clone(), at);
+        }
+        let replaced = current.map(|r| r.version);
+        let mut departed = Departed::default();
+        inner.engine.insert_with_lifecycle(key.clone(), record, &mut departed);
+        for (k, r) in departed.0 {
+            counters.occupancy(!r.is_tombstone(), entry_size(&k, &r) as usize, -1);
+            let is_replacement = k == key && Some(r.version) == replaced;
+            if !is_replacement {
+                counters.count(Event::Eviction);
+            }
+        }
+    }
+
+    /// Removes `key` if it still holds the record with `version` (an expired value or a
+    /// tombstone past its window).
+    fn reap(&self, key: &[u8], version: Timestamp) {
+        if let Some((_, record)) =
+            self.inner.engine.remove_if(key, |r: &Record| r.version == version)
+        {
+            self.account_reaped(key, &record);
+        }
+    }
+
+    fn account_reaped(&self, key: &[u8], record: &Record) {
+        let counters = &self.inner.counters;
+        counters.occupancy(!record.is_tombstone(), entry_size(key, record) as usize, -1);
+        counters.count(if record.is_tombstone() {
+            Event::TombstonePurged
+        } else {
+            Event::Expiration
+        });
+    }
+}
+
+/// The largest weight a shard of `shard_capacity` admits (quick_cache refuses heavier entries
+/// outright: they exceed what its hot queue may hold).
+fn admissible_weight(shard_capacity: u64) -> u64 {
+    ((shard_capacity as f64 * HOT_ALLOCATION) as u64).clamp(shard_capacity.min(1), shard_capacity)
+}
+
+/// Chooses the shard count: as many as useful for concurrency (4 per core, at most 64), but
+/// few enough that every shard can still admit the heaviest allowed entry and holds a few
+/// hundred entries.
+fn plan_shards(weight_capacity: u64, heaviest: u64, estimated_items: u64) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut shards = (cores * 4).next_power_of_two().clamp(1, 64);
+    while shards > 1
+        && (admissible_weight(weight_capacity.div_ceil(shards)) < heaviest
+            || estimated_items / shards < MIN_ENTRIES_PER_SHARD)
+    {
+        shards /= 2;
+    }
+    shards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use mycorrizal_core::NodeTag;
+
+    fn bucket(config: BucketConfig) -> Bucket {
+        let clock = Arc::new(NodeClock::new(
+            NodeTag(1),
+            Arc::new(ManualClock::new(1_000)),
+            Duration::from_secs(1),
+        ));
+        Bucket::new(config, clock, 1_000).unwrap()
+    }
+
+    /// Our admission limit sits exactly on the engine's: one unit heavier and the engine would
+    /// have dropped the entry without a word. If a quick_cache upgrade moves that line, this
+    /// fails instead of production losing writes.
+    #[test]
+    fn admission_limit_matches_the_engine() {
+        for max_bytes in [4096u64, 1 << 20, 64 << 20] {
+            let b = bucket(BucketConfig::builder("b").max_bytes(max_bytes).build().unwrap());
+            let engine = &b.inner.engine;
+            let max = b.max_entry_size() as usize;
+            let fits = Record::live(Timestamp::default(), Bytes::from(vec![0; max - 1]), None);
+            engine.insert(Bytes::from_static(b"k"), fits);
+            assert!(engine.peek(&b"k"[..]).is_some(), "max_bytes={max_bytes}");
+            let too_big = Record::live(Timestamp::default(), Bytes::from(vec![0; max]), None);
+            engine.insert(Bytes::from_static(b"j"), too_big);
+            assert!(engine.peek(&b"j"[..]).is_none(), "engine drops what we refuse");
+        }
+    }
+
+    #[test]
+    fn shard_plan_respects_the_heaviest_entry() {
+        assert_eq!(plan_shards(1 << 20, 600_000, 1 << 20), 1);
+        assert!(plan_shards(1 << 30, 1 << 20, 1 << 22) > 1);
+        assert_eq!(plan_shards(1_000, 1, 1_000), 2.min(plan_shards(1_000, 1, 1_000)));
+    }
+}
