@@ -110,7 +110,7 @@ fn redeclaring_a_bucket_is_idempotent_and_a_conflict_names_both_configs() {
     let err = store.create_bucket(other).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::BucketConflict { .. }));
-    assert!(msg.contains("Entries(10)") && msg.contains("Entries(20)"), "{msg}");
+    assert!(msg.contains("max_entries: 10,") && msg.contains("max_entries: 20,"), "{msg}");
     assert!(matches!(store.bucket("nope"), Err(StoreError::UnknownBucket { .. })));
     assert_eq!(store.buckets().len(), 1);
 }

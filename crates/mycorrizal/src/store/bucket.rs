@@ -191,16 +191,16 @@ impl Bucket {
             DefaultHashBuilder::default(),
             Departures,
         );
-        // Read back what the engine actually built; the largest entry follows from it.
-        let admissible = admissible_weight(engine.shard_capacity());
-        let max_entry_size = match weighter.bytes {
-            None => config.max_entry_size(),
-            Some(b) if admissible >= b.floor => {
-                admissible.saturating_sub(ENTRY_OVERHEAD).max(config.max_entry_size())
-            }
-            Some(_) => 0,
-        };
-        debug_assert!(max_entry_size >= config.max_entry_size());
+        // Check again against what the engine actually built (it may merge shards).
+        if admissible_weight(engine.shard_capacity()) < heaviest {
+            return Err(ConfigError::EntryLargerThanBucket {
+                max_entry_size: config.max_entry_size(),
+                max_bytes: weight_capacity,
+                admissible: admissible_weight(engine.shard_capacity())
+                    .saturating_sub(ENTRY_OVERHEAD),
+            });
+        }
+        let max_entry_size = config.max_entry_size();
         Ok(Bucket {
             inner: Arc::new(Inner {
                 config,
@@ -225,8 +225,8 @@ impl Bucket {
         self.inner.config.name().as_str()
     }
 
-    /// The largest entry (key plus value bytes) this bucket admits; larger writes fail with
-    /// [`StoreError::EntryTooLarge`]. At least the configured `max_entry_size`.
+    /// The largest entry (key plus value bytes) this bucket admits, as configured; larger writes
+    /// fail with [`StoreError::EntryTooLarge`]. Every engine shard can hold an entry this large.
     pub fn max_entry_size(&self) -> u64 {
         self.inner.max_entry_size
     }
@@ -238,12 +238,10 @@ impl Bucket {
         let inner = &*self.inner;
         match inner.engine.get(key) {
             Some(Record { state: RecordState::Live(value), expires_at_ms, version }) => {
-                if let Some(at) = expires_at_ms {
-                    if at <= inner.clock.now_ms() {
-                        self.reap(key, version);
-                        inner.counters.count(Event::Miss);
-                        return None;
-                    }
+                if expires_at_ms.is_some_and(|at| at <= inner.clock.now_ms()) {
+                    self.reap(key, version);
+                    inner.counters.count(Event::Miss);
+                    return None;
                 }
                 inner.counters.count(Event::Hit);
                 Some(value)
@@ -340,11 +338,9 @@ impl Bucket {
         inner.clock.observe(record.version.time)?;
         let _serial = self.write_lock(&key);
         let current = inner.engine.peek(&key);
-        if let Some(cur) = &current {
-            if !record.supersedes(cur) {
-                inner.counters.count(Event::StaleWrite);
-                return Ok(WriteOutcome::Stale);
-            }
+        if current.as_ref().is_some_and(|cur| !record.supersedes(cur)) {
+            inner.counters.count(Event::StaleWrite);
+            return Ok(WriteOutcome::Stale);
         }
         if record.is_expired(inner.clock.now_ms()) {
             // Newer than what we hold but already gone: the key is gone too. Storing the
@@ -517,21 +513,28 @@ mod tests {
         Bucket::new(config, clock, 1_000).unwrap()
     }
 
-    /// Our admission limit sits exactly on the engine's: one unit heavier and the engine would
-    /// have dropped the entry without a word. If a quick_cache upgrade moves that line, this
+    /// `admissible_weight` is exactly the engine's limit: an entry of that weight is stored, one
+    /// unit heavier is dropped without a word. Bucket creation relies on it to guarantee every
+    /// shard can hold the largest allowed entry; if a quick_cache upgrade moves that line, this
     /// fails instead of production losing writes.
     #[test]
-    fn admission_limit_matches_the_engine() {
+    fn admissible_weight_matches_the_engine() {
         for max_bytes in [4096u64, 1 << 20, 64 << 20] {
             let b = bucket(BucketConfig::builder("b").max_bytes(max_bytes).build().unwrap());
             let engine = &b.inner.engine;
-            let max = b.max_entry_size() as usize;
-            let fits = Record::live(Timestamp::default(), Bytes::from(vec![0; max - 1]), None);
+            let limit = admissible_weight(engine.shard_capacity());
+            let value_len = |weight: u64| (weight - ENTRY_OVERHEAD - 1) as usize; // key "k"
+            let fits =
+                Record::live(Timestamp::default(), Bytes::from(vec![0; value_len(limit)]), None);
             engine.insert(Bytes::from_static(b"k"), fits);
             assert!(engine.peek(&b"k"[..]).is_some(), "max_bytes={max_bytes}");
-            let too_big = Record::live(Timestamp::default(), Bytes::from(vec![0; max]), None);
-            engine.insert(Bytes::from_static(b"j"), too_big);
-            assert!(engine.peek(&b"j"[..]).is_none(), "engine drops what we refuse");
+            let over = Record::live(
+                Timestamp::default(),
+                Bytes::from(vec![0; value_len(limit + 1)]),
+                None,
+            );
+            engine.insert(Bytes::from_static(b"j"), over);
+            assert!(engine.peek(&b"j"[..]).is_none(), "engine drops heavier entries silently");
         }
     }
 

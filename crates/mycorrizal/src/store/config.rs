@@ -232,6 +232,27 @@ impl BucketConfig {
     }
 }
 
+impl fmt::Display for BucketConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{")?;
+        if let Some(n) = self.capacity.max_entries() {
+            write!(f, "max_entries: {n}, ")?;
+        }
+        if let Some(b) = self.capacity.max_bytes() {
+            write!(f, "max_bytes: {b}, ")?;
+        }
+        match self.default_ttl {
+            Some(ttl) => write!(f, "default_ttl: {ttl:?}, ")?,
+            None => write!(f, "default_ttl: none, ")?,
+        }
+        write!(
+            f,
+            "max_entry_size: {}, tombstone_ttl: {:?}}}",
+            self.max_entry_size, self.tombstone_ttl
+        )
+    }
+}
+
 /// Builder for [`BucketConfig`]; nothing is checked until [`BucketConfigBuilder::build`].
 #[derive(Debug, Clone)]
 #[must_use]

@@ -14,9 +14,7 @@ pub enum StoreError {
         name: String,
     },
     /// `create_bucket` was called for an existing name with a different configuration.
-    #[error(
-        "bucket {name:?} already exists as {existing:?}; refused redeclaration as {requested:?}"
-    )]
+    #[error("bucket {name:?} already exists as {existing}; refused redeclaration as {requested}")]
     BucketConflict {
         /// The bucket's name.
         name: String,

@@ -1,0 +1,24 @@
+//! The README's main command, `pulse demo`, runs to completion and reports what it showed.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_and_every_check_passes() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_pulse")).arg("demo").output().expect("run pulse demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "read back 1000/1000",
+        "refused, not silently dropped",
+        "0 sessions left, 1000 expired by the sweeper",
+        "Every check passed.",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}
