@@ -15,3 +15,8 @@ pub mod store;
 
 pub use mycorrizal_core as core;
 pub use mycorrizal_core::NodeId;
+
+/// The README's Rust examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
