@@ -88,37 +88,43 @@ fn keys() -> Vec<Bytes> {
     (0..KEYS).map(|i| Bytes::from(format!("user:{i:08}"))).collect()
 }
 
-fn contenders(keys: &[Bytes], value: &Bytes) -> Vec<(&'static str, Arc<dyn Contender>)> {
+const CONTENDERS: [&str; 5] =
+    ["mycorrizal", "mycorrizal+ttl", "quick_cache", "moka_lru", "mutex_hashmap"];
+
+/// Builds one contender and fills it with every key. Each contender is built right before it
+/// is measured and dropped after, so each one's 100k entries land on freshly recycled heap
+/// pages: filling all five up front made whichever one got unlucky pages (TLB misses on random
+/// access) up to 2x slower from run to run.
+fn contender(name: &str, keys: &[Bytes], value: &Bytes) -> Arc<dyn Contender> {
     // Capacity 2x the working set so every get is a hit for every contender.
-    let store = Store::new(StoreConfig::new(NodeId::new("bench").unwrap()));
-    let plain = BucketConfig::builder("plain").max_entries(2 * KEYS as u64).build().unwrap();
-    let ttl = BucketConfig::builder("ttl").max_entries(2 * KEYS as u64).build().unwrap();
-    let all: Vec<(&'static str, Arc<dyn Contender>)> = vec![
-        ("mycorrizal", Arc::new(Ours(store.create_bucket(plain).unwrap()))),
-        ("mycorrizal+ttl", Arc::new(OursTtl(store.create_bucket(ttl).unwrap()))),
-        ("quick_cache", Arc::new(RawQuickCache(quick_cache::sync::Cache::new(2 * KEYS)))),
-        (
-            "moka_lru",
-            Arc::new(Moka(
-                moka::sync::Cache::builder()
-                    .max_capacity(2 * KEYS as u64)
-                    .eviction_policy(moka::policy::EvictionPolicy::lru())
-                    .build(),
-            )),
-        ),
-        ("mutex_hashmap", Arc::new(MutexMap(Mutex::new(HashMap::with_capacity(KEYS))))),
-    ];
+    let cap = 2 * KEYS as u64;
+    let bucket = |name: &str| {
+        let store = Store::new(StoreConfig::new(NodeId::new("bench").unwrap()));
+        store.create_bucket(BucketConfig::builder(name).max_entries(cap).build().unwrap()).unwrap()
+    };
+    let c: Arc<dyn Contender> = match name {
+        "mycorrizal" => Arc::new(Ours(bucket("plain"))),
+        "mycorrizal+ttl" => Arc::new(OursTtl(bucket("ttl"))),
+        "quick_cache" => Arc::new(RawQuickCache(quick_cache::sync::Cache::new(cap as usize))),
+        "moka_lru" => Arc::new(Moka(
+            moka::sync::Cache::builder()
+                .max_capacity(cap)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+        )),
+        "mutex_hashmap" => Arc::new(MutexMap(Mutex::new(HashMap::with_capacity(KEYS)))),
+        other => unreachable!("unknown contender {other}"),
+    };
     // Every entry gets its own value allocation, as in real use: sharing one `Bytes` would make
     // every read bump the same reference count and measure that contention instead.
-    for (_, c) in &all {
-        for k in keys {
-            c.set(k, Bytes::copy_from_slice(value));
-        }
+    for k in keys {
+        c.set(k, Bytes::copy_from_slice(value));
     }
-    all
+    c
 }
 
 /// Runs `op` `iters` times on each of `threads` threads started together; returns wall time.
+/// One thread runs on the bench thread itself, with no spawn or barrier in the measurement.
 fn run_threads(
     threads: usize,
     iters: u64,
@@ -127,33 +133,41 @@ fn run_threads(
     op: Op,
     value: &Bytes,
 ) -> Duration {
+    if threads == 1 {
+        let start = Instant::now();
+        walk(0, iters, &**contender, keys, op, value);
+        return start.elapsed();
+    }
     let barrier = Arc::new(Barrier::new(threads + 1));
     std::thread::scope(|s| {
         for t in 0..threads {
             let (c, keys, barrier, value) =
                 (contender.clone(), keys.clone(), barrier.clone(), value.clone());
             s.spawn(move || {
-                // Each thread walks the keys in its own scattered order.
-                let mut i = (t * 7919) % KEYS;
                 barrier.wait();
-                for _ in 0..iters {
-                    op(&*c, &keys[i], &value);
-                    i = (i + 40_503) % KEYS;
-                }
+                walk(t, iters, &*c, &keys, op, &value);
             });
         }
         barrier.wait();
-        let start = Instant::now();
-        // Scoped threads are joined when the scope ends.
-        start
+        // Scoped threads are joined when the scope ends, before `elapsed` is taken.
+        Instant::now()
     })
     .elapsed()
+}
+
+/// Each thread walks the keys in its own scattered order.
+#[inline]
+fn walk(t: usize, iters: u64, c: &dyn Contender, keys: &[Bytes], op: Op, value: &Bytes) {
+    let mut i = (t * 7919) % KEYS;
+    for _ in 0..iters {
+        op(c, &keys[i], value);
+        i = (i + 40_503) % KEYS;
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let keys = Arc::new(keys());
     let value = Bytes::from(vec![b'x'; VALUE_LEN]);
-    let all = contenders(&keys, &value);
     let ops: [(&str, Op); 2] = [
         ("get_hit", |c, k, _| {
             black_box(c.get(k));
@@ -164,19 +178,15 @@ fn bench(c: &mut Criterion) {
         for threads in [1usize, 2] {
             let mut group = c.benchmark_group(format!("{op_name}/{threads}t"));
             group.throughput(Throughput::Elements(threads as u64));
-            group.measurement_time(Duration::from_secs(3));
+            group.measurement_time(Duration::from_secs(5));
             group.warm_up_time(Duration::from_secs(1));
-            group.sample_size(30);
-            for (name, contender) in &all {
-                group.bench_with_input(
-                    BenchmarkId::from_parameter(name),
-                    contender,
-                    |b, contender| {
-                        b.iter_custom(|iters| {
-                            run_threads(threads, iters, contender, &keys, op, &value)
-                        });
-                    },
-                );
+            group.sample_size(40);
+            for name in CONTENDERS {
+                let contender = contender(name, &keys, &value);
+                group.bench_with_input(BenchmarkId::from_parameter(name), &contender, |b, c| {
+                    b.iter_custom(|iters| run_threads(threads, iters, c, &keys, op, &value));
+                });
+                drop(contender);
             }
             group.finish();
         }

@@ -163,6 +163,20 @@ fn expiry_index_stays_bounded_under_overwrite_churn() {
     assert_eq!(bucket.stats().entries, 0);
 }
 
+/// Without any sweeper running, overwrite churn still cannot grow the index without bound.
+#[test]
+fn expiry_index_stays_bounded_without_a_sweeper() {
+    let clock = ManualClock::new(T0);
+    let store = store(&clock);
+    let bucket = store.create_bucket(BucketConfig::builder("s").build().unwrap()).unwrap();
+    for round in 0..100u64 {
+        for k in 0..500u32 {
+            bucket.set_with_ttl(format!("k{k}"), "v", Duration::from_secs(3600 + round)).unwrap();
+        }
+    }
+    assert!(bucket.expiry_index_len() <= 2 * 500 + 1024 + 4096, "{}", bucket.expiry_index_len());
+}
+
 /// The background sweeper reclaims expired entries on its own (paused tokio clock, manual
 /// wall clock: no real waiting).
 #[tokio::test(start_paused = true)]

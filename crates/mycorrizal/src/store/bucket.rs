@@ -381,15 +381,22 @@ impl Bucket {
                 }
             }
         }
-        // Index records for keys overwritten, deleted early or evicted linger until their slot
-        // comes due; if they outnumber entries two to one, rebuild to keep memory bounded.
+        self.compact_expiry_index();
+        removed
+    }
+
+    /// Index records for keys overwritten, deleted early or evicted linger until their slot comes
+    /// due; once they outnumber entries two to one, rebuild the index from the entries. Called
+    /// by the sweep and every 4,096 scheduled expiries, so the bound holds even when no sweeper
+    /// runs; the O(entries) rebuild is paid for by the writes that made it necessary.
+    fn compact_expiry_index(&self) {
+        let inner = &*self.inner;
         let held = inner.engine.len();
         if inner.expiry.len() > 2 * held + 1024 {
             inner.expiry.rebuild(
                 inner.engine.iter().filter_map(|(k, r)| r.expires_at_ms.map(|at| (k, at))),
             );
         }
-        removed
     }
 
     /// Records in the expiry index, stale ones included. Bounded by about twice the entries.
@@ -442,7 +449,9 @@ impl Bucket {
         }
         counters.occupancy(!record.is_tombstone(), entry_size(&key, &record) as usize, 1);
         if let Some(at) = record.expires_at_ms {
-            inner.expiry.schedule(key.clone(), at);
+            if inner.expiry.schedule(key.clone(), at) % 4096 == 0 {
+                self.compact_expiry_index();
+            }
         }
         let replaced = current.map(|r| r.version);
         let mut departed = Departed::default();

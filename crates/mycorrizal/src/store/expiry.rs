@@ -55,11 +55,11 @@ impl ExpiryIndex {
         }
     }
 
-    /// Records that `key` expires at `expires_at_ms`.
-    pub(crate) fn schedule(&self, key: Bytes, expires_at_ms: u64) {
+    /// Records that `key` expires at `expires_at_ms`; returns the number of records held now.
+    pub(crate) fn schedule(&self, key: Bytes, expires_at_ms: u64) -> usize {
         let slot = expires_at_ms / self.granularity_ms;
         lock(&self.stripes[stripe_of_thread()]).entry(slot).or_default().push(key);
-        self.records.fetch_add(1, Relaxed);
+        self.records.fetch_add(1, Relaxed) + 1
     }
 
     /// Removes and returns the keys of every slot that ended at or before `now_ms`.
