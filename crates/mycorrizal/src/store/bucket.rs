@@ -448,10 +448,10 @@ impl Bucket {
             (RecordState::Deleted, false) => {}
         }
         counters.occupancy(!record.is_tombstone(), entry_size(&key, &record) as usize, 1);
-        if let Some(at) = record.expires_at_ms {
-            if inner.expiry.schedule(key.clone(), at) % 4096 == 0 {
-                self.compact_expiry_index();
-            }
+        if let Some(at) = record.expires_at_ms
+            && inner.expiry.schedule(key.clone(), at) % 4096 == 0
+        {
+            self.compact_expiry_index();
         }
         let replaced = current.map(|r| r.version);
         let mut departed = Departed::default();
