@@ -177,6 +177,24 @@ fn expiry_index_stays_bounded_without_a_sweeper() {
     assert!(bucket.expiry_index_len() <= 2 * 500 + 1024 + 4096, "{}", bucket.expiry_index_len());
 }
 
+/// Rewriting keys with the same TTL within one expiry slot adds no index records, and every
+/// key still expires on time.
+#[test]
+fn rewrites_within_a_slot_do_not_grow_the_index_and_still_expire() {
+    let clock = ManualClock::new(T0);
+    let store = store(&clock);
+    let bucket = store.create_bucket(BucketConfig::builder("s").build().unwrap()).unwrap();
+    for _ in 0..50 {
+        for k in 0..200u32 {
+            bucket.set_with_ttl(format!("k{k}"), "v", Duration::from_millis(1_500)).unwrap();
+        }
+    }
+    assert_eq!(bucket.expiry_index_len(), 200);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(store.sweep_expired().removed, 200);
+    assert_eq!(bucket.stats().entries, 0);
+}
+
 /// The background sweeper reclaims expired entries on its own (paused tokio clock, manual
 /// wall clock: no real waiting).
 #[tokio::test(start_paused = true)]

@@ -374,6 +374,10 @@ impl Bucket {
         let mut removed = 0;
         for slot in inner.expiry.take_due(now) {
             for key in slot {
+                // Under the key's write lock: a writer that found this key's old record covering
+                // the slot (and so scheduled nothing) has either finished, and its record is
+                // judged here, or not started, and will find the key gone and schedule.
+                let _serial = self.write_lock(&key);
                 let reaped = inner.engine.remove_if(&key, |r: &Record| r.is_expired(now));
                 if let Some((_, record)) = reaped {
                     self.account_reaped(&key, &record);
@@ -448,8 +452,14 @@ impl Bucket {
             (RecordState::Deleted, false) => {}
         }
         counters.occupancy(!record.is_tombstone(), entry_size(&key, &record) as usize, 1);
+        // The replaced record's index entry, if it is for the same slot, still stands for this
+        // key: the sweep re-checks whatever record the key holds when the slot comes due.
+        // Rewriting hot keys with the same TTL then costs no index growth at all.
+        let slot = |r: &Record| r.expires_at_ms.map(|at| inner.expiry.slot_of(at));
+        let covered = current.as_ref().and_then(slot).is_some_and(|s| Some(s) == slot(&record));
         if let Some(at) = record.expires_at_ms
-            && inner.expiry.schedule(key.clone(), at) % 4096 == 0
+            && !covered
+            && inner.expiry.schedule(key.clone(), at).is_multiple_of(4096)
         {
             self.compact_expiry_index();
         }

@@ -55,9 +55,14 @@ impl ExpiryIndex {
         }
     }
 
+    /// The slot an expiry falls in.
+    pub(crate) fn slot_of(&self, expires_at_ms: u64) -> u64 {
+        expires_at_ms / self.granularity_ms
+    }
+
     /// Records that `key` expires at `expires_at_ms`; returns the number of records held now.
     pub(crate) fn schedule(&self, key: Bytes, expires_at_ms: u64) -> usize {
-        let slot = expires_at_ms / self.granularity_ms;
+        let slot = self.slot_of(expires_at_ms);
         lock(&self.stripes[stripe_of_thread()]).entry(slot).or_default().push(key);
         self.records.fetch_add(1, Relaxed) + 1
     }
@@ -93,7 +98,7 @@ impl ExpiryIndex {
         }
         let mut n = 0;
         for (i, (key, at)) in entries.enumerate() {
-            wheels[i % STRIPES].entry(at / self.granularity_ms).or_default().push(key);
+            wheels[i % STRIPES].entry(self.slot_of(at)).or_default().push(key);
             n += 1;
         }
         self.records.store(n, Relaxed);
