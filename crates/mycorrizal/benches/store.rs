@@ -123,36 +123,71 @@ fn contender(name: &str, keys: &[Bytes], value: &Bytes) -> Arc<dyn Contender> {
     c
 }
 
-/// Runs `op` `iters` times on each of `threads` threads started together; returns wall time.
-/// One thread runs on the bench thread itself, with no spawn or barrier in the measurement.
-fn run_threads(
-    threads: usize,
+/// What the worker threads run next.
+struct Job {
+    contender: Arc<dyn Contender>,
     iters: u64,
-    contender: &Arc<dyn Contender>,
-    keys: &Arc<Vec<Bytes>>,
     op: Op,
-    value: &Bytes,
-) -> Duration {
-    if threads == 1 {
-        let start = Instant::now();
-        walk(0, iters, &**contender, keys, op, value);
-        return start.elapsed();
+}
+
+/// Two worker threads that live for the whole benchmark, started together on every sample by a
+/// barrier. Spawning threads per sample added scheduler placement noise to the short samples
+/// criterion takes first.
+struct Workers {
+    job: Arc<Mutex<Option<Job>>>,
+    start: Arc<Barrier>,
+    end: Arc<Barrier>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(threads: usize, keys: &Arc<Vec<Bytes>>, value: &Bytes) -> Self {
+        let job: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(None));
+        let start = Arc::new(Barrier::new(threads + 1));
+        let end = Arc::new(Barrier::new(threads + 1));
+        let handles = (0..threads)
+            .map(|t| {
+                let (job, start, end) = (job.clone(), start.clone(), end.clone());
+                let (keys, value) = (keys.clone(), value.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        start.wait();
+                        let next = job
+                            .lock()
+                            .unwrap()
+                            .as_ref()
+                            .map(|j| (j.contender.clone(), j.iters, j.op));
+                        let Some((c, iters, op)) = next else { return };
+                        walk(t, iters, &*c, &keys, op, &value);
+                        end.wait();
+                    }
+                })
+            })
+            .collect();
+        Workers { job, start, end, handles }
     }
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (c, keys, barrier, value) =
-                (contender.clone(), keys.clone(), barrier.clone(), value.clone());
-            s.spawn(move || {
-                barrier.wait();
-                walk(t, iters, &*c, &keys, op, &value);
-            });
+
+    /// Runs `op` `iters` times on every worker; returns the wall time until all finished.
+    fn run(&self, contender: &Arc<dyn Contender>, iters: u64, op: Op) -> Duration {
+        *self.job.lock().unwrap() = Some(Job { contender: contender.clone(), iters, op });
+        self.start.wait();
+        let t = Instant::now();
+        self.end.wait();
+        let elapsed = t.elapsed();
+        // Release the contender so it can be dropped before the next one is built.
+        *self.job.lock().unwrap() = None;
+        elapsed
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        *self.job.lock().unwrap() = None;
+        self.start.wait();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
         }
-        barrier.wait();
-        // Scoped threads are joined when the scope ends, before `elapsed` is taken.
-        Instant::now()
-    })
-    .elapsed()
+    }
 }
 
 /// Each thread walks the keys in its own scattered order.
@@ -174,6 +209,7 @@ fn bench(c: &mut Criterion) {
         }),
         ("set", |c, k, v| c.set(k, Bytes::copy_from_slice(v))),
     ];
+    let workers = Workers::new(2, &keys, &value);
     for (op_name, op) in ops {
         for threads in [1usize, 2] {
             let mut group = c.benchmark_group(format!("{op_name}/{threads}t"));
@@ -184,7 +220,16 @@ fn bench(c: &mut Criterion) {
             for name in CONTENDERS {
                 let contender = contender(name, &keys, &value);
                 group.bench_with_input(BenchmarkId::from_parameter(name), &contender, |b, c| {
-                    b.iter_custom(|iters| run_threads(threads, iters, c, &keys, op, &value));
+                    b.iter_custom(|iters| {
+                        if threads == 1 {
+                            // One thread runs on the bench thread itself: no handoff at all.
+                            let t = Instant::now();
+                            walk(0, iters, &**c, &keys, op, &value);
+                            t.elapsed()
+                        } else {
+                            workers.run(c, iters, op)
+                        }
+                    });
                 });
                 drop(contender);
             }
