@@ -9,6 +9,8 @@
 //! - [`node`]: node identities and the compact tag derived from them.
 //! - [`hlc`]: the hybrid logical clock that versions every write.
 //! - [`record`]: versioned values and tombstones, and the last-writer-wins merge rule.
+//! - [`wire`]: every byte that crosses the network: frames, payload messages, gossip envelopes,
+//!   membership messages.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@
 pub mod hlc;
 pub mod node;
 pub mod record;
+pub mod wire;
 
 pub use hlc::{ClockError, Hlc, HlcTime, Timestamp};
 pub use node::{NodeId, NodeIdError, NodeTag};

@@ -14,9 +14,11 @@ pub const MAX_NODE_ID_LEN: usize = 64;
 
 /// The validated, immutable name of a node.
 ///
-/// Allowed: 1 to [`MAX_NODE_ID_LEN`] bytes of ASCII letters, digits, `.`, `-` and `_`. The
-/// restriction keeps ids printable in logs, valid in certificate subject names and free of
-/// look-alike Unicode.
+/// A node id is a lowercase DNS name of 1 to [`MAX_NODE_ID_LEN`] bytes: labels of `a-z`, `0-9`
+/// and `-`, separated by single dots, no label starting or ending with `-` (a Kubernetes pod
+/// name, a hostname, `10.0.3.7`). Certificates name nodes by their id (see
+/// `mycorrizal::security::server_name`), and certificate names compare case-insensitively, so
+/// allowing upper case would let `Node-1` pass for `node-1`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(Arc<str>);
 
@@ -34,14 +36,23 @@ pub enum NodeIdError {
         /// The limit, [`MAX_NODE_ID_LEN`].
         max: usize,
     },
-    /// The id contained a character outside `[A-Za-z0-9._-]`.
+    /// The id contained a character outside `[a-z0-9.-]`.
     #[error(
-        "node id contains {found:?} at byte {at}; only ASCII letters, digits, '.', '-' and '_' are allowed"
+        "node id contains {found:?} at byte {at}; only lowercase ASCII letters, digits, '.' and \
+         '-' are allowed"
     )]
     InvalidChar {
         /// The offending character.
         found: char,
         /// Its byte offset in the id.
+        at: usize,
+    },
+    /// A dot-separated label was empty, longer than 63 bytes, or started or ended with `-`.
+    #[error(
+        "node id has an empty or over-long label, or one starting or ending with '-', at byte {at}"
+    )]
+    BadLabel {
+        /// Byte offset of the label.
         at: usize,
     },
 }
@@ -56,11 +67,21 @@ impl NodeId {
         if id.len() > MAX_NODE_ID_LEN {
             return Err(NodeIdError::TooLong { len: id.len(), max: MAX_NODE_ID_LEN });
         }
-        if let Some((at, found)) = id
-            .char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-        {
+        if let Some((at, found)) = id.char_indices().find(|(_, c)| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'))
+        }) {
             return Err(NodeIdError::InvalidChar { found, at });
+        }
+        let mut at = 0;
+        for label in id.split('.') {
+            if label.is_empty()
+                || label.len() > 63
+                || label.starts_with('-')
+                || label.ends_with('-')
+            {
+                return Err(NodeIdError::BadLabel { at });
+            }
+            at += label.len() + 1;
         }
         Ok(NodeId(Arc::from(id)))
     }
@@ -112,7 +133,8 @@ mod tests {
 
     #[test]
     fn accepts_typical_ids() {
-        for id in ["a", "orders-0", "node_7.eu-west", &"x".repeat(MAX_NODE_ID_LEN)] {
+        let longest = format!("{}.{}", "x".repeat(31), "y".repeat(32));
+        for id in ["a", "orders-0", "node-7.eu-west", "10.0.3.7", &longest] {
             assert_eq!(NodeId::new(id).unwrap().as_str(), id);
         }
     }
@@ -126,6 +148,13 @@ mod tests {
         );
         assert_eq!(NodeId::new("ab c"), Err(NodeIdError::InvalidChar { found: ' ', at: 2 }));
         assert_eq!(NodeId::new("nöde"), Err(NodeIdError::InvalidChar { found: 'ö', at: 1 }));
+        assert_eq!(NodeId::new("Node-1"), Err(NodeIdError::InvalidChar { found: 'N', at: 0 }));
+        assert_eq!(NodeId::new("node_1"), Err(NodeIdError::InvalidChar { found: '_', at: 4 }));
+        assert_eq!(NodeId::new("a..b"), Err(NodeIdError::BadLabel { at: 2 }));
+        assert_eq!(NodeId::new("a.-b"), Err(NodeIdError::BadLabel { at: 2 }));
+        assert_eq!(NodeId::new("-a"), Err(NodeIdError::BadLabel { at: 0 }));
+        assert_eq!(NodeId::new("a."), Err(NodeIdError::BadLabel { at: 2 }));
+        assert_eq!(NodeId::new("x".repeat(64)), Err(NodeIdError::BadLabel { at: 0 }));
     }
 
     #[test]

@@ -1,0 +1,17 @@
+//! Everything that crosses the network is encoded and decoded here.
+//!
+//! - [`frame`]: the stream transport's frames, their incremental decoder and reassembly.
+//! - [`messages`]: prost payloads of system and application frames.
+//! - [`envelope`]: the sealed gossip datagram's layout (the sealing itself needs key material
+//!   and lives in the driver crate's security module).
+//! - [`membership`]: member identities and the encoding of SWIM (foca) messages.
+
+pub mod envelope;
+pub mod frame;
+pub mod membership;
+pub mod messages;
+
+pub use frame::{
+    Channel, DEFAULT_CHUNK_SIZE, Flags, Frame, FrameDecoder, FrameError, FrameHeader, HEADER_LEN,
+    Kind, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION, Reassembler, split_message,
+};
