@@ -1,9 +1,12 @@
 //! Mycorrizal: the instances of one application form a secure, leaderless cluster and share a
 //! replicated cache, messaging and events, in-process.
 //!
-//! This release contains the per-node foundation:
+//! This release contains the per-node foundation and the cluster layer's building blocks:
 //! - [`store`]: bounded, versioned, expiring buckets (the engine under the distributed cache);
-//! - [`clock`]: wall-clock sources and the node's hybrid logical clock.
+//! - [`clock`]: wall-clock sources and the node's hybrid logical clock;
+//! - [`security`]: trust modes, certificates, TLS configurations, sealed gossip;
+//! - [`transport`]: mutual-TLS streams and UDP datagrams, and a deterministic simulated
+//!   network.
 //!
 //! Pure decisions (versions, merge rules) live in [`mycorrizal_core`]; this crate executes them.
 
@@ -11,7 +14,9 @@
 #![deny(unsafe_code)] // one exception: the coarse clock read in `clock`
 
 pub mod clock;
+pub mod security;
 pub mod store;
+pub mod transport;
 
 pub use mycorrizal_core as core;
 pub use mycorrizal_core::NodeId;
