@@ -93,6 +93,28 @@ impl Clock for ManualClock {
     }
 }
 
+/// Wall time that follows tokio's clock: `start_ms` plus the time elapsed on tokio's clock since
+/// creation. Under `tokio::time::pause()` it advances only with virtual time, so simulations
+/// of many nodes in one process are deterministic.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    start_ms: u64,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start_ms` now.
+    pub fn new(start_ms: u64) -> Self {
+        TokioClock { start_ms, origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        self.start_ms + self.origin.elapsed().as_millis() as u64
+    }
+}
+
 /// A node's hybrid logical clock, shared by every thread of the node.
 ///
 /// The rules live in [`HlcTime::next`] and [`HlcTime::receive`]; this type only makes them

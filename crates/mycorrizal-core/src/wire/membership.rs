@@ -405,3 +405,58 @@ mod tests {
         }
     }
 }
+
+/// What a sealed gossip datagram carries, after opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipPayload<'a> {
+    /// A SWIM message for foca.
+    Swim(&'a [u8]),
+    /// The sender is leaving the cluster on purpose: report it as left, not failed.
+    Leaving(MemberId),
+}
+
+/// Encodes a gossip payload: one tag byte, then the body.
+pub fn encode_payload(payload: &GossipPayload<'_>) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    match payload {
+        GossipPayload::Swim(bytes) => {
+            out.push(0);
+            out.extend_from_slice(bytes);
+        }
+        GossipPayload::Leaving(id) => {
+            out.push(1);
+            encode_id(id, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a gossip payload.
+pub fn decode_payload(bytes: &[u8]) -> Result<GossipPayload<'_>, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Truncated { needed: 1 }),
+        Some((0, rest)) => Ok(GossipPayload::Swim(rest)),
+        Some((1, mut rest)) => Ok(GossipPayload::Leaving(decode_id(&mut rest)?)),
+        Some((&tag, _)) => Err(CodecError::BadTag { what: "gossip payload", tag }),
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        let id = MemberId {
+            node: NodeId::new("a").unwrap(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            generation: 3,
+            meta: NodeMeta::default(),
+        };
+        for p in [GossipPayload::Swim(b"swim"), GossipPayload::Leaving(id)] {
+            assert_eq!(decode_payload(&encode_payload(&p).unwrap()).unwrap(), p);
+        }
+        assert!(decode_payload(&[]).is_err());
+        assert!(decode_payload(&[9]).is_err());
+    }
+}

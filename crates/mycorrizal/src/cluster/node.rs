@@ -1,0 +1,249 @@
+//! The node: what an application embeds to join a cluster.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use mycorrizal_core::{NodeId, wire::membership::MemberId};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use super::{
+    config::{ClusterConfig, ClusterConfigError},
+    membership::{
+        Command, Membership, MembershipSetup, MembershipStats, MembershipStatsSnapshot,
+        MembershipView,
+    },
+};
+use crate::{
+    clock::{Clock, SystemClock},
+    security::{Credentials, SecurityError, Trust},
+    transport::{TlsTransport, Transport, TransportError},
+};
+
+/// How far ahead of our clock a gossip datagram's timestamp may be: 5 s.
+const GOSSIP_MAX_DRIFT_MS: u64 = 5_000;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration was refused; nothing was started.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ClusterConfigError),
+    /// Trust material was refused; nothing was started.
+    #[error("security: {0}")]
+    Security(#[from] SecurityError),
+    /// Binding the listener failed; nothing was started.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// `start` was called without trust material.
+    #[error("no trust configured: call NodeBuilder::trust")]
+    NoTrust,
+}
+
+/// Builds and starts a [`Node`].
+#[must_use]
+pub struct NodeBuilder {
+    config: ClusterConfig,
+    trust: Option<Trust>,
+    transport: Option<Arc<dyn Transport>>,
+    clock: Arc<dyn Clock>,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// The trust this node uses (required).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = Some(trust);
+        self
+    }
+
+    /// Use this transport instead of binding a [`TlsTransport`] on `config.bind` (for example a
+    /// [`SimTransport`](crate::transport::SimTransport) in simulations).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Read wall-clock time from `clock` (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Seed the node's random choices (probe order, jitter), for reproducible simulations.
+    /// Default: seeded from the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates the configuration, binds, and starts membership. Announces itself to the seeds
+    /// at once; see [`Node::ready`] to wait until it has joined.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        self.config.validate()?;
+        let trust = self.trust.ok_or(NodeError::NoTrust)?;
+        let credentials = Credentials::new(&trust, &self.config.cluster, &self.config.node_id)?;
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(t) => t,
+            None => Arc::new(
+                TlsTransport::bind(self.config.bind, &credentials, self.config.handshake_timeout)
+                    .await?,
+            ),
+        };
+        let advertise = self.config.advertise.unwrap_or_else(|| transport.local_addr());
+        let identity = MemberId {
+            node: self.config.node_id.clone(),
+            addr: advertise,
+            generation: self.clock.now_ms(),
+            meta: self.config.meta.clone(),
+        };
+        let rng_seed = self.seed.unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            SystemRandom::new().fill(&mut b).expect("the OS random number generator is available");
+            u64::from_le_bytes(b)
+        });
+        let (view_tx, view_rx) = watch::channel(Arc::new(MembershipView::default()));
+        let stats = Arc::new(MembershipStats::default());
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        let membership = Membership::new(
+            MembershipSetup {
+                identity: identity.clone(),
+                config: self.config.foca(),
+                seeds: self.config.seeds.clone(),
+                seed_refresh: self.config.seed_refresh,
+                transport: transport.clone(),
+                keys: credentials.gossip.clone(),
+                wall: self.clock.clone(),
+                rng_seed,
+            },
+            view_tx,
+            stats.clone(),
+            GOSSIP_MAX_DRIFT_MS,
+        );
+        let task = tokio::spawn(membership.run(commands_rx));
+        tracing::info!(node = %identity.node, addr = %advertise, "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                config: self.config,
+                identity,
+                view: view_rx,
+                stats,
+                commands: commands_tx,
+                tasks: Mutex::new(vec![task]),
+                transport,
+            }),
+        })
+    }
+}
+
+/// A running node. Cloning is cheap; clones share the node. Dropping the last clone stops it
+/// without leaving (as a crash would); call [`Node::shutdown`] to leave gracefully.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    identity: MemberId,
+    view: watch::Receiver<Arc<MembershipView>>,
+    stats: Arc<MembershipStats>,
+    commands: mpsc::Sender<Command>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    transport: Arc<dyn Transport>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("identity", &self.inner.identity).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts building a node with `config`.
+    pub fn builder(config: ClusterConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            trust: None,
+            transport: None,
+            clock: Arc::new(SystemClock),
+            seed: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.identity.node
+    }
+
+    /// The address peers reach this node at.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.identity.addr
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The current membership.
+    pub fn members(&self) -> Arc<MembershipView> {
+        self.inner.view.borrow().clone()
+    }
+
+    /// A receiver that sees every membership change.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<MembershipView>> {
+        self.inner.view.clone()
+    }
+
+    /// Membership counters (datagrams, refusals by reason).
+    pub fn membership_stats(&self) -> MembershipStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Resolves once the node has joined: at least one other member is alive, or the node has
+    /// no seeds (a single-node cluster is ready at once).
+    pub async fn ready(&self) {
+        if self.inner.config.seeds.iter().all(|s| *s == self.addr()) {
+            return;
+        }
+        let mut rx = self.watch_members();
+        let me = self.id().clone();
+        let _ = rx.wait_for(|v| v.live().any(|m| m.id != me)).await;
+    }
+
+    /// Leaves the cluster gracefully (peers see it as left, not failed) and stops, waiting at
+    /// most `timeout` for the goodbye to be sent.
+    pub async fn shutdown(self, timeout: Duration) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Leave(done_tx)).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, done_rx).await;
+        }
+        tracing::info!(node = %self.id(), "node stopped");
+    }
+
+    /// The transport this node uses.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+}
