@@ -50,6 +50,39 @@ async fn five_nodes_on_loopback_form_a_cluster_detect_a_crash_and_readmit_it() {
         until(n, Duration::from_secs(20), "5 alive", |v| v.live().count() == 5).await;
     }
 
+    // Request, send and broadcast between every pair, over mutual TLS.
+    let mut inboxes = Vec::new();
+    for n in &nodes {
+        let mut requests = n.application("orders").requests().unwrap();
+        inboxes.push(n.application("orders").messages().unwrap());
+        let me = n.id().to_string();
+        tokio::spawn(async move {
+            while let Some(r) = requests.recv().await {
+                let answer = format!("{me} got {}", String::from_utf8_lossy(&r.body));
+                r.responder.respond(answer.into());
+            }
+        });
+    }
+    for a in &nodes {
+        let app = a.application("orders");
+        for b in &nodes {
+            if a.id() != b.id() {
+                let answer =
+                    app.request(b.id(), a.id().to_string(), Duration::from_secs(5)).await.unwrap();
+                assert_eq!(answer, format!("{} got {}", b.id(), a.id()).as_bytes());
+                app.send(b.id(), "direct").await.unwrap();
+            }
+        }
+        assert!(app.broadcast("all").await.iter().all(|(_, r)| r.is_ok()));
+    }
+    for inbox in &mut inboxes {
+        let mut n = 0;
+        while inbox.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 8, "4 direct messages and 4 broadcasts per node");
+    }
+
     let bound = nodes[0].config().failure_detection_bound(5);
     let victim = nodes.pop().unwrap();
     let victim_id = victim.id().clone();

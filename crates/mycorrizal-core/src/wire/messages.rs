@@ -66,7 +66,8 @@ pub enum ErrorCode {
     ShuttingDown = 7,
 }
 
-/// An application message or request body (App channel).
+/// An application message or request body (App channel, always a `Request` frame: a message is
+/// acknowledged once it is queued for its handler, so the sender learns of every loss).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct AppEnvelope {
     /// The application name, e.g. `orders`.
@@ -75,4 +76,8 @@ pub struct AppEnvelope {
     /// The application's bytes, passed through untouched.
     #[prost(bytes = "bytes", tag = "2")]
     pub body: Bytes,
+    /// A one-way message: the receiver answers with an empty response as soon as the message
+    /// is queued for the application, instead of with the handler's answer.
+    #[prost(bool, tag = "3")]
+    pub message: bool,
 }

@@ -15,10 +15,12 @@ use tokio::{
 
 use super::{
     config::{ClusterConfig, ClusterConfigError},
+    link::{LinkSettings, Links},
     membership::{
         Command, Membership, MembershipSetup, MembershipStats, MembershipStatsSnapshot,
         MembershipView,
     },
+    messaging::{Application, Registry},
 };
 use crate::{
     clock::{Clock, SystemClock},
@@ -133,6 +135,16 @@ impl NodeBuilder {
             GOSSIP_MAX_DRIFT_MS,
         );
         let task = tokio::spawn(membership.run(commands_rx));
+        let registry = Arc::new(Registry::default());
+        let links = Links::new(
+            identity.node.clone(),
+            self.config.cluster.clone(),
+            transport.clone(),
+            view_rx.clone(),
+            LinkSettings::default(),
+            registry.clone(),
+        );
+        let acceptor = tokio::spawn(links.clone().accept_loop());
         tracing::info!(node = %identity.node, addr = %advertise, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -141,8 +153,10 @@ impl NodeBuilder {
                 view: view_rx,
                 stats,
                 commands: commands_tx,
-                tasks: Mutex::new(vec![task]),
+                tasks: Mutex::new(vec![task, acceptor]),
                 transport,
+                links,
+                registry,
             }),
         })
     }
@@ -163,6 +177,8 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transport: Arc<dyn Transport>,
+    links: Arc<Links>,
+    registry: Arc<Registry>,
 }
 
 impl Drop for Inner {
@@ -240,6 +256,18 @@ impl Node {
             let _ = tokio::time::timeout(timeout, done_rx).await;
         }
         tracing::info!(node = %self.id(), "node stopped");
+    }
+
+    /// The application `name` on this node: messaging with the same application on other
+    /// nodes. Calling it again returns a handle to the same inboxes.
+    pub fn application(&self, name: &str) -> Application {
+        Application::new(
+            name,
+            self.id().clone(),
+            self.inner.links.clone(),
+            self.inner.view.clone(),
+            &self.inner.registry,
+        )
     }
 
     /// The transport this node uses.

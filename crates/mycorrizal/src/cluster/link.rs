@@ -1,0 +1,552 @@
+//! Links: one authenticated, multiplexed stream per peer, used in both directions.
+//!
+//! A link to a peer is dialed lazily on the first request to it, by a task that owns it: the
+//! task dials (retrying with exponential back-off and jitter while membership says the peer is
+//! alive), exchanges hellos, then writes queued requests and reads frames until the connection
+//! fails or stays idle. Inbound connections are registered as the link to their peer, so a
+//! pair of nodes normally shares one connection.
+//!
+//! Every queue is bounded. A caller whose request finds the peer's queue full, or the peer's
+//! in-flight limit reached, gets [`MessagingError::Overloaded`] at once; a request not answered
+//! in time gets [`MessagingError::Timeout`]; a receiver whose handler queue is full answers
+//! `Overloaded`. Nothing is dropped without someone being told.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use mycorrizal_core::{
+    NodeId,
+    wire::{
+        Channel, DEFAULT_CHUNK_SIZE, Frame, FrameDecoder, Kind, PROTOCOL_VERSION, Reassembler,
+        messages::{ErrorCode, ErrorReply, Hello, HelloAck},
+        split_message,
+    },
+};
+use prost::Message as _;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::membership::MembershipView;
+use crate::transport::{AsyncStream, Connection, Transport};
+
+/// Why a message or request to a peer failed. The request may or may not have been handled
+/// only when the variant says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessagingError {
+    /// The peer is not a live member.
+    #[error("{0} is not a live member")]
+    UnknownPeer(NodeId),
+    /// The peer's queue or in-flight limit is full, here or at the receiver. Nothing was done;
+    /// retry later.
+    #[error("{0} is overloaded; nothing was done")]
+    Overloaded(NodeId),
+    /// No answer in time. The request may or may not have been handled.
+    #[error("no answer from {0} in time; the request may or may not have been handled")]
+    Timeout(NodeId),
+    /// The connection failed before an answer arrived. The request may or may not have been
+    /// handled.
+    #[error("connection to {peer} failed: {detail}")]
+    ConnectionLost {
+        /// The peer.
+        peer: NodeId,
+        /// What happened.
+        detail: String,
+    },
+    /// The peer answered with an error.
+    #[error("{peer} answered {code:?}: {message}")]
+    Remote {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// This node is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Limits of links. Defaults in [`LinkSettings::default`].
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Requests queued per peer before callers get `Overloaded`. Default 1,024.
+    pub send_queue: usize,
+    /// Requests awaiting an answer per peer before callers get `Overloaded`. Default 1,024.
+    pub max_in_flight: usize,
+    /// Largest message (after reassembly), bytes. Default 16 MiB.
+    pub max_message: usize,
+    /// A connection with nothing in flight for this long is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter. Default 50 ms.
+    pub min_backoff: Duration,
+    /// Largest reconnect delay. Default 5 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings {
+            send_queue: 1024,
+            max_in_flight: 1024,
+            max_message: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A request handed to a link.
+pub(crate) struct Outgoing {
+    pub channel: Channel,
+    pub payload: Bytes,
+    pub reply: oneshot::Sender<Result<Bytes, MessagingError>>,
+}
+
+/// What the node does with requests that arrive on any link.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    /// Handles one request from `from`; the answer (or error) goes to `reply`. Must not block:
+    /// queue the work or answer `Overloaded`.
+    fn dispatch(&self, from: &NodeId, channel: Channel, payload: Bytes, reply: Responder);
+}
+
+/// Answers one inbound request, once. Dropping it unanswered answers `HandlerFailed`.
+pub struct Responder {
+    request_id: u64,
+    channel: Channel,
+    out: mpsc::Sender<Frame>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder").field("request_id", &self.request_id).finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Sends `body` as the answer.
+    pub fn respond(mut self, body: Bytes) {
+        self.done = true;
+        self.send(Kind::Response, body);
+    }
+
+    /// Answers with an error.
+    pub fn fail(mut self, code: ErrorCode, message: impl Into<String>) {
+        self.done = true;
+        let reply = ErrorReply { code: code as i32, message: message.into() };
+        self.send(Kind::ErrorResponse, Bytes::from(reply.encode_to_vec()));
+    }
+
+    fn send(&self, kind: Kind, body: Bytes) {
+        for frame in split_message(kind, self.channel, self.request_id, body, DEFAULT_CHUNK_SIZE) {
+            // The answer queue is bounded by the in-flight limit of the requesting side; if the
+            // connection is gone the requester learns it from its own side.
+            if self.out.try_send(frame).is_err() {
+                tracing::debug!(
+                    request_id = self.request_id,
+                    "answer dropped: connection closed or saturated"
+                );
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let reply = ErrorReply {
+                code: ErrorCode::HandlerFailed as i32,
+                message: "dropped without an answer".into(),
+            };
+            self.send(Kind::ErrorResponse, Bytes::from(reply.encode_to_vec()));
+        }
+    }
+}
+
+/// The node's links.
+pub(crate) struct Links {
+    me: NodeId,
+    cluster: String,
+    transport: Arc<dyn Transport>,
+    view: watch::Receiver<Arc<MembershipView>>,
+    settings: LinkSettings,
+    dispatch: Arc<dyn Dispatch>,
+    peers: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Links {
+    pub(crate) fn new(
+        me: NodeId,
+        cluster: String,
+        transport: Arc<dyn Transport>,
+        view: watch::Receiver<Arc<MembershipView>>,
+        settings: LinkSettings,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> Arc<Self> {
+        Arc::new(Links {
+            me,
+            cluster,
+            transport,
+            view,
+            settings,
+            dispatch,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends a request to `peer` and waits at most `timeout` for the answer.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        channel: Channel,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, MessagingError> {
+        if !self.view.borrow().live().any(|m| &m.id == peer) {
+            return Err(MessagingError::UnknownPeer(peer.clone()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue_for(peer);
+        queue.try_send(Outgoing { channel, payload, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => MessagingError::Overloaded(peer.clone()),
+            mpsc::error::TrySendError::Closed(_) => {
+                MessagingError::ConnectionLost { peer: peer.clone(), detail: "link closed".into() }
+            }
+        })?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(MessagingError::ConnectionLost {
+                peer: peer.clone(),
+                detail: "link task ended".into(),
+            }),
+            Err(_) => Err(MessagingError::Timeout(peer.clone())),
+        }
+    }
+
+    /// The queue of the link to `peer`, starting its task if there is none.
+    fn queue_for(self: &Arc<Self>, peer: &NodeId) -> mpsc::Sender<Outgoing> {
+        let mut peers = lock(&self.peers);
+        if let Some(q) = peers.get(peer).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.settings.send_queue);
+        peers.insert(peer.clone(), tx.clone());
+        tokio::spawn(self.clone().dialing_link(peer.clone(), rx));
+        tx
+    }
+
+    /// Owns the outbound link to `peer`: dials with back-off while the peer is alive, serves
+    /// the connection, and repeats; ends when the peer leaves the membership.
+    async fn dialing_link(self: Arc<Self>, peer: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
+        let mut backoff = self.settings.min_backoff;
+        let mut jitter = xorshift_seed(&peer);
+        loop {
+            let addr = match self.view.borrow().live().find(|m| m.id == peer) {
+                Some(m) => m.addr,
+                None => break,
+            };
+            match self.dial(addr, &peer).await {
+                Ok(stream) => {
+                    backoff = self.settings.min_backoff;
+                    let idle = serve(&self, &peer, stream, &mut rx).await;
+                    if idle {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "dial failed");
+                    jitter ^= jitter << 13;
+                    jitter ^= jitter >> 7;
+                    jitter ^= jitter << 17;
+                    let spread = backoff.mul_f64(0.5 + (jitter % 1000) as f64 / 2000.0);
+                    tokio::time::sleep(spread).await;
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        }
+        // Fail whatever is still queued: the peer is gone or the link closed when idle (a
+        // caller that raced with the idle close retries and gets a fresh link).
+        rx.close();
+        while let Ok(o) = rx.try_recv() {
+            let _ = o.reply.send(Err(MessagingError::ConnectionLost {
+                peer: peer.clone(),
+                detail: "link closed (peer gone or idle); retry".into(),
+            }));
+        }
+        let mut peers = lock(&self.peers);
+        if peers.get(&peer).is_some_and(|q| q.is_closed()) {
+            peers.remove(&peer);
+        }
+    }
+
+    async fn dial(
+        &self,
+        addr: std::net::SocketAddr,
+        peer: &NodeId,
+    ) -> Result<Box<dyn AsyncStream>, String> {
+        let Connection { mut stream, peer: auth } =
+            self.transport.connect(addr, peer).await.map_err(|e| e.to_string())?;
+        auth.verify(peer).map_err(|e| e.to_string())?;
+        let hello = Hello {
+            min_version: u32::from(PROTOCOL_VERSION),
+            max_version: u32::from(PROTOCOL_VERSION),
+            cluster: self.cluster.clone(),
+            node_id: self.me.to_string(),
+        };
+        write_frames(
+            &mut stream,
+            Kind::Request,
+            Channel::System,
+            0,
+            Bytes::from(hello.encode_to_vec()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let mut buf = BytesMut::new();
+        let frame =
+            read_frame(&mut stream, &mut decoder, &mut buf).await.map_err(|e| e.to_string())?;
+        match frame.header.kind {
+            Kind::Response => {
+                let ack = HelloAck::decode(frame.payload).map_err(|e| e.to_string())?;
+                if ack.node_id != peer.as_str() {
+                    return Err(format!("{addr} answered as {}", ack.node_id));
+                }
+                Ok(stream)
+            }
+            _ => {
+                let err = ErrorReply::decode(frame.payload).unwrap_or_default();
+                Err(format!("refused: {}", err.message))
+            }
+        }
+    }
+
+    /// Runs the accept side: checks each dialer's hello against its certificate, then serves
+    /// the connection as that peer's link.
+    pub(crate) async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = match self.transport.accept().await {
+                Ok(i) => i,
+                Err(crate::transport::TransportError::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let links = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote;
+                match incoming.handshake.await {
+                    Ok(conn) => links.serve_inbound(conn).await,
+                    Err(e) => tracing::debug!(%remote, error = %e, "inbound handshake refused"),
+                }
+            });
+        }
+    }
+
+    async fn serve_inbound(self: Arc<Self>, conn: Connection) {
+        let Connection { mut stream, peer: auth } = conn;
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let mut buf = BytesMut::new();
+        let Ok(frame) = read_frame(&mut stream, &mut decoder, &mut buf).await else { return };
+        let refuse = |code: ErrorCode, message: String| {
+            Bytes::from(ErrorReply { code: code as i32, message }.encode_to_vec())
+        };
+        let hello = match (frame.header.channel, frame.header.kind) {
+            (Channel::System, Kind::Request) => Hello::decode(frame.payload).ok(),
+            _ => None,
+        };
+        let verdict = match hello {
+            None => Err(refuse(ErrorCode::BadRequest, "expected hello".into())),
+            Some(h) if h.cluster != self.cluster => Err(refuse(
+                ErrorCode::Unauthorized,
+                format!("this node is in cluster {:?}", self.cluster),
+            )),
+            Some(h) if !(h.min_version..=h.max_version).contains(&u32::from(PROTOCOL_VERSION)) => {
+                Err(refuse(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "peer speaks {}..={}, this node speaks {PROTOCOL_VERSION}",
+                        h.min_version, h.max_version
+                    ),
+                ))
+            }
+            Some(h) => match NodeId::new(&h.node_id) {
+                Ok(id) if auth.verify(&id).is_ok() => Ok(id),
+                _ => Err(refuse(
+                    ErrorCode::Unauthorized,
+                    "claimed id does not match the certificate".into(),
+                )),
+            },
+        };
+        let peer = match verdict {
+            Ok(peer) => peer,
+            Err(payload) => {
+                let _ = write_frames(&mut stream, Kind::ErrorResponse, Channel::System, 0, payload)
+                    .await;
+                return;
+            }
+        };
+        let ack = HelloAck { version: u32::from(PROTOCOL_VERSION), node_id: self.me.to_string() };
+        if write_frames(
+            &mut stream,
+            Kind::Response,
+            Channel::System,
+            0,
+            Bytes::from(ack.encode_to_vec()),
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        // Serve it; requests we make to this peer use our own dialed link (keeps ownership
+        // simple: one task owns each connection's writes).
+        let (_tx, mut rx) = mpsc::channel(1);
+        serve(&self, &peer, stream, &mut rx).await;
+    }
+}
+
+fn xorshift_seed(peer: &NodeId) -> u64 {
+    peer.tag().0 | 1
+}
+
+async fn write_frames(
+    stream: &mut Box<dyn AsyncStream>,
+    kind: Kind,
+    channel: Channel,
+    id: u64,
+    payload: Bytes,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    for f in split_message(kind, channel, id, payload, DEFAULT_CHUNK_SIZE) {
+        f.encode(&mut buf);
+    }
+    stream.write_all(&buf).await?;
+    stream.flush().await
+}
+
+async fn read_frame(
+    stream: &mut Box<dyn AsyncStream>,
+    decoder: &mut FrameDecoder,
+    buf: &mut BytesMut,
+) -> std::io::Result<Frame> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Serves one connection: writes queued requests and answers, reads frames and dispatches
+/// them. Returns `true` if it closed for being idle, `false` on a connection failure.
+async fn serve(
+    links: &Arc<Links>,
+    peer: &NodeId,
+    stream: Box<dyn AsyncStream>,
+    rx: &mut mpsc::Receiver<Outgoing>,
+) -> bool {
+    let settings = &links.settings;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Frame>(settings.max_in_flight.max(16));
+    let mut pending: HashMap<u64, oneshot::Sender<Result<Bytes, MessagingError>>> = HashMap::new();
+    let mut next_id: u64 = 1;
+    let mut decoder = FrameDecoder::new(DEFAULT_CHUNK_SIZE as u32 * 2);
+    let mut reassembler = Reassembler::new(settings.max_message, settings.max_message * 2);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::new();
+    let lost = |detail: &str| MessagingError::ConnectionLost {
+        peer: peer.clone(),
+        detail: detail.to_owned(),
+    };
+    let idle = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(idle);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            answer = answers_rx.recv() => {
+                let Some(frame) = answer else { continue };
+                out.clear();
+                frame.encode(&mut out);
+                if writer.write_all(&out).await.is_err() { break false; }
+            }
+            request = rx.recv(), if pending.len() < settings.max_in_flight => {
+                let Some(o) = request else { break true };
+                let id = next_id;
+                next_id += 1;
+                out.clear();
+                for f in split_message(Kind::Request, o.channel, id, o.payload, DEFAULT_CHUNK_SIZE) {
+                    f.encode(&mut out);
+                }
+                pending.insert(id, o.reply);
+                if writer.write_all(&out).await.is_err() { break false; }
+                idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
+            }
+            read = reader.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => break false,
+                    Ok(_) => {}
+                }
+                let mut failed = false;
+                loop {
+                    let frame = match decoder.decode(&mut buf) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => { tracing::warn!(%peer, error = %e, "bad frame; closing link"); failed = true; break; }
+                    };
+                    let msg = match reassembler.push(frame) {
+                        Ok(Some(m)) => m,
+                        Ok(None) => continue,
+                        Err(e) => { tracing::warn!(%peer, error = %e, "bad message; closing link"); failed = true; break; }
+                    };
+                    let h = msg.header;
+                    match h.kind {
+                        Kind::Response => {
+                            if let Some(reply) = pending.remove(&h.request_id) { let _ = reply.send(Ok(msg.payload)); }
+                        }
+                        Kind::ErrorResponse => {
+                            if let Some(reply) = pending.remove(&h.request_id) {
+                                let e = ErrorReply::decode(msg.payload).unwrap_or_default();
+                                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                                let err = if code == ErrorCode::Overloaded { MessagingError::Overloaded(peer.clone()) } else { MessagingError::Remote { peer: peer.clone(), code, message: e.message } };
+                                let _ = reply.send(Err(err));
+                            }
+                        }
+                        Kind::Request => {
+                            let responder = Responder { request_id: h.request_id, channel: h.channel, out: answers_tx.clone(), done: false };
+                            links.dispatch.dispatch(peer, h.channel, msg.payload, responder);
+                        }
+                        Kind::OneWay => {}
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
+                }
+                if failed { break false; }
+            }
+            () = &mut idle, if pending.is_empty() => break true,
+        }
+    };
+    let _ = writer.shutdown().await;
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(lost("connection closed")));
+    }
+    outcome
+}

@@ -1,0 +1,168 @@
+//! Application messaging over the simulated network: send, broadcast and request between
+//! every pair; back-pressure from a stalled handler, with every message accounted for.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use mycorrizal::{
+    NodeId,
+    clock::TokioClock,
+    cluster::{ClusterConfig, MemberState, MessagingError, Node},
+    security::Trust,
+    transport::{SimConfig, SimNetwork},
+};
+
+const SECRET: &str = "q8Zl0v1kYw7Jm3Xn5Rb2Tc9Hd6Pf4Sg1Ua8Ke0Wi3Lo=";
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 1, i], 7946))
+}
+
+fn id(i: u8) -> NodeId {
+    NodeId::new(format!("m{i}")).unwrap()
+}
+
+async fn cluster(seed: u64, n: u8) -> (SimNetwork, Vec<Node>) {
+    let net = SimNetwork::new(SimConfig::new(seed));
+    let clock = Arc::new(TokioClock::new(1_800_000_000_000));
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let mut c = ClusterConfig::lan("msg", id(i), addr(i));
+        c.seeds = vec![addr(1)];
+        nodes.push(
+            Node::builder(c)
+                .trust(Trust::cluster_secret(SECRET).unwrap())
+                .transport(Arc::new(net.transport(id(i), addr(i))))
+                .clock(clock.clone())
+                .seed(seed * 10 + u64::from(i))
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let start = tokio::time::Instant::now();
+    while !nodes.iter().all(|o| {
+        (1..=n).all(|i| o.members().get(&id(i)).is_some_and(|m| m.state == MemberState::Alive))
+    }) {
+        assert!(start.elapsed() < Duration::from_secs(30), "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (net, nodes)
+}
+
+/// Answers every request of application `app` on `node` with "<node id>:<request>".
+fn echo(node: &Node, app: &str) {
+    let mut requests = node.application(app).requests().unwrap();
+    let me = node.id().to_string();
+    tokio::spawn(async move {
+        while let Some(r) = requests.recv().await {
+            let mut body = format!("{me}:").into_bytes();
+            body.extend_from_slice(&r.body);
+            r.responder.respond(Bytes::from(body));
+        }
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_broadcast_and_request_work_between_every_pair() {
+    let (_net, nodes) = cluster(21, 5).await;
+    let mut inboxes = Vec::new();
+    for n in &nodes {
+        echo(n, "orders");
+        inboxes.push(n.application("orders").messages().unwrap());
+    }
+    for a in &nodes {
+        let app = a.application("orders");
+        for b in &nodes {
+            if a.id() == b.id() {
+                continue;
+            }
+            let answer = app
+                .request(b.id(), format!("hi from {}", a.id()), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(answer, Bytes::from(format!("{}:hi from {}", b.id(), a.id())));
+            app.send(b.id(), format!("msg {}->{}", a.id(), b.id())).await.unwrap();
+        }
+    }
+    let results = nodes[0].application("orders").broadcast("to all").await;
+    assert_eq!(results.len(), 4);
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    for (k, inbox) in inboxes.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Ok(m) = inbox.try_recv() {
+            got.push((m.from.to_string(), String::from_utf8(m.body.to_vec()).unwrap()));
+        }
+        let me = nodes[k].id().to_string();
+        let expected_direct = 4;
+        let expected_broadcast = usize::from(k != 0);
+        assert_eq!(got.len(), expected_direct + expected_broadcast, "{me}: {got:?}");
+        for (from, body) in &got {
+            assert!(
+                body == "to all" || body == &format!("msg {from}->{me}"),
+                "{me} got {body:?} from {from}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_handler_pushes_back_and_nothing_is_lost_silently() {
+    let (_net, nodes) = cluster(22, 2).await;
+    let sender = nodes[0].application("slow");
+    let receiver = nodes[1].application("slow");
+    let mut inbox = receiver.messages().unwrap(); // taken, but not read while sending
+    let (mut accepted, mut overloaded, mut other) = (0u32, 0u32, 0u32);
+    for i in 0..1_500u32 {
+        match sender.send(nodes[1].id(), i.to_be_bytes().to_vec()).await {
+            Ok(()) => accepted += 1,
+            Err(MessagingError::Overloaded(_)) => overloaded += 1,
+            Err(e) => {
+                other += 1;
+                println!("unexpected: {e}");
+            }
+        }
+    }
+    assert_eq!(
+        accepted,
+        mycorrizal::cluster::DEFAULT_APP_QUEUE as u32,
+        "the queue bounds what is accepted"
+    );
+    assert_eq!(overloaded, 1_500 - accepted);
+    assert_eq!(other, 0);
+    // Every accepted message is delivered, in order; none was accepted and then lost.
+    let mut delivered = 0u32;
+    while let Ok(m) = inbox.try_recv() {
+        assert_eq!(m.body.as_ref(), delivered.to_be_bytes());
+        delivered += 1;
+    }
+    assert_eq!(delivered, accepted);
+    // Once the handler catches up, senders get through again.
+    sender.send(nodes[1].id(), "again").await.unwrap();
+
+    // A request handler that never answers: the requester times out within its deadline.
+    let _requests = receiver.requests().unwrap(); // held, never answered
+    let started = tokio::time::Instant::now();
+    let err = sender.request(nodes[1].id(), "ping", Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, MessagingError::Timeout(_)), "{err}");
+    assert!(started.elapsed() <= Duration::from_millis(301));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_applications_and_peers_are_reported() {
+    let (_net, nodes) = cluster(23, 2).await;
+    let app = nodes[0].application("ghost");
+    let err = app.request(nodes[1].id(), "x", Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MessagingError::Remote {
+                code: mycorrizal_core::wire::messages::ErrorCode::NoHandler,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = app.send(&NodeId::new("nobody").unwrap(), "x").await.unwrap_err();
+    assert!(matches!(err, MessagingError::UnknownPeer(_)), "{err}");
+}
