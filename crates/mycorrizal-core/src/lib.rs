@@ -8,6 +8,7 @@
 //! What lives here:
 //! - [`node`]: node identities and the compact tag derived from them.
 //! - [`hlc`]: the hybrid logical clock that versions every write.
+//! - [`placement`]: rendezvous hashing: which nodes own a key, who leads a name.
 //! - [`record`]: versioned values and tombstones, and the last-writer-wins merge rule.
 //! - [`wire`]: every byte that crosses the network: frames, payload messages, gossip envelopes,
 //!   membership messages.
@@ -17,6 +18,7 @@
 
 pub mod hlc;
 pub mod node;
+pub mod placement;
 pub mod record;
 pub mod wire;
 

@@ -251,3 +251,37 @@ async fn replayed_and_bit_flipped_gossip_is_refused_and_counted() {
     // The first copy authenticated; its body is not a valid SWIM message and is refused too.
     assert_eq!(after.rejected_invalid - before.rejected_invalid, 1, "{after:?}");
 }
+
+/// Every node agrees on the leader of a name; when the leader crashes, every node agrees on a
+/// new one after detection, with a new fencing token.
+#[tokio::test(start_paused = true)]
+async fn leadership_is_agreed_and_moves_when_the_leader_crashes() {
+    let sim = Sim::new(18);
+    let mut nodes = cluster(&sim, 5, 18).await;
+    let agreed = |nodes: &[Node]| {
+        let leaders: Vec<_> =
+            nodes.iter().map(|n| n.leadership("scheduler").current().unwrap()).collect();
+        leaders.iter().all(|l| l.node == leaders[0].node).then(|| leaders[0].clone())
+    };
+    let first = agreed(&nodes).expect("all nodes agree on the first leader");
+    assert_eq!(nodes.iter().filter(|n| n.leadership("scheduler").is_leader()).count(), 1);
+    let mut watch = nodes[0].leadership("scheduler");
+    assert_eq!(watch.changed().await.unwrap().node, first.node);
+
+    let k = nodes.iter().position(|n| n.id() == &first.node).unwrap();
+    let old = nodes.remove(k);
+    sim.net.crash(old.addr());
+    drop(old);
+    let bound = config(1).failure_detection_bound(5);
+    let mut second = None;
+    within(bound, "a new leader is agreed", || {
+        second = agreed(&nodes).filter(|l| l.node != first.node);
+        second.is_some()
+    })
+    .await;
+    let second = second.unwrap();
+    assert_ne!(second.token, first.token);
+    if nodes[0].id() != &first.node {
+        assert_eq!(watch.changed().await.unwrap().node, second.node);
+    }
+}

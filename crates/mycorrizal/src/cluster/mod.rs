@@ -6,12 +6,14 @@
 //! ([`Application`]).
 
 mod config;
+mod leadership;
 mod link;
 mod membership;
 mod messaging;
 mod node;
 
 pub use config::{ClusterConfig, ClusterConfigError, Preset};
+pub use leadership::{FencingToken, Leader, Leadership};
 pub use link::{LinkSettings, MessagingError, Responder};
 pub use membership::{
     Member, MemberState, MembershipStats, MembershipStatsSnapshot, MembershipView,

@@ -15,6 +15,7 @@ use tokio::{
 
 use super::{
     config::{ClusterConfig, ClusterConfigError},
+    leadership::Leadership,
     link::{LinkSettings, Links},
     membership::{
         Command, Membership, MembershipSetup, MembershipStats, MembershipStatsSnapshot,
@@ -268,6 +269,11 @@ impl Node {
             self.inner.view.clone(),
             &self.inner.registry,
         )
+    }
+
+    /// Who leads `name` (eventually unique; see [`Leadership`]).
+    pub fn leadership(&self, name: &str) -> Leadership {
+        Leadership::new(name, self.id().clone(), self.inner.view.clone())
     }
 
     /// The transport this node uses.

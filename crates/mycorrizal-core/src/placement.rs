@@ -1,0 +1,133 @@
+//! Rendezvous (highest random weight) placement: which nodes own a key.
+//!
+//! Every node is scored for a key and the highest scores win. The score is a pure function of
+//! (namespace, key, node id), so every node computes the same owners from the same member list,
+//! on every platform and in every release: [`score`] is pinned by golden vectors below, and
+//! changing it would move data between nodes on upgrade. All members are scored, never only
+//! the first few (the original project's bug #4).
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::node::NodeId;
+
+/// The key's half of the score: xxh3 of `len(namespace) || namespace || key`, with the length
+/// as 4 big-endian bytes so `("ab", "c")` and `("a", "bc")` differ.
+pub fn key_hash(namespace: &[u8], key: &[u8]) -> u64 {
+    let mut buf = Vec::with_capacity(4 + namespace.len() + key.len());
+    buf.extend_from_slice(&(namespace.len() as u32).to_be_bytes());
+    buf.extend_from_slice(namespace);
+    buf.extend_from_slice(key);
+    xxh3_64(&buf)
+}
+
+/// The score of `node` for a key whose [`key_hash`] is `key_hash`: xxh3 of the node id seeded
+/// with the key hash.
+pub fn score(key_hash: u64, node: &NodeId) -> u64 {
+    xxh3_64_with_seed(node.as_str().as_bytes(), key_hash)
+}
+
+/// The `n` members with the highest scores for (`namespace`, `key`), best first. Ties (equal
+/// 64-bit scores) are broken by node id, so the order is total.
+pub fn owners<'a>(
+    namespace: &[u8],
+    key: &[u8],
+    members: impl IntoIterator<Item = &'a NodeId>,
+    n: usize,
+) -> Vec<&'a NodeId> {
+    let kh = key_hash(namespace, key);
+    let mut scored: Vec<(u64, &NodeId)> = members.into_iter().map(|m| (score(kh, m), m)).collect();
+    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, m)| m).collect()
+}
+
+/// The leader for `name` among `members`: the top rendezvous owner in the `leadership`
+/// namespace.
+pub fn leader<'a>(name: &str, members: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
+    owners(b"mycorrizal/leadership", name.as_bytes(), members, 1).into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ids(n: usize) -> Vec<NodeId> {
+        (0..n).map(|i| NodeId::new(format!("node-{i}")).unwrap()).collect()
+    }
+
+    /// Golden vectors: these owners must never change (they decide where data lives).
+    #[test]
+    fn golden_vectors() {
+        let members = ids(5);
+        let got: Vec<(String, Vec<String>)> = ["user:1", "user:2", "cart:42", ""]
+            .iter()
+            .map(|k| {
+                let o = owners(b"sessions", k.as_bytes(), &members, 3);
+                (k.to_string(), o.iter().map(|m| m.to_string()).collect())
+            })
+            .collect();
+        let pinned = GOLDEN
+            .iter()
+            .map(|(k, o)| (k.to_string(), o.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+            .collect::<Vec<_>>();
+        assert_eq!(got, pinned, "placement changed: this would move data on upgrade");
+        assert_eq!(key_hash(b"sessions", b"user:1"), GOLDEN_KEY_HASH);
+    }
+
+    const GOLDEN_KEY_HASH: u64 = 4_537_099_769_284_605_975;
+    const GOLDEN: [(&str, [&str; 3]); 4] = [
+        ("user:1", ["node-4", "node-1", "node-3"]),
+        ("user:2", ["node-0", "node-3", "node-4"]),
+        ("cart:42", ["node-0", "node-4", "node-3"]),
+        ("", ["node-1", "node-4", "node-3"]),
+    ];
+
+    #[test]
+    fn scores_every_member_not_just_the_first() {
+        // With 50 members and 3 owners, owners must come from the whole list.
+        let members = ids(50);
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..2_000u32 {
+            for o in owners(b"b", &k.to_be_bytes(), &members, 3) {
+                seen.insert(o.clone());
+            }
+        }
+        assert_eq!(seen.len(), 50, "every member owns something");
+    }
+
+    #[test]
+    fn namespace_and_key_boundaries_are_unambiguous() {
+        assert_ne!(key_hash(b"ab", b"c"), key_hash(b"a", b"bc"));
+    }
+
+    proptest! {
+        /// Removing a member moves only the keys it owned; adding one moves only keys it now
+        /// owns (minimal movement).
+        #[test]
+        fn minimal_movement(n in 2usize..12, keys in prop::collection::vec(any::<u32>(), 1..200)) {
+            let members = ids(n + 1);
+            let (fewer, newcomer) = members.split_at(n);
+            for k in keys {
+                let before = owners(b"b", &k.to_be_bytes(), fewer, 1)[0].clone();
+                let after = owners(b"b", &k.to_be_bytes(), &members, 1)[0].clone();
+                prop_assert!(after == before || after == newcomer[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn load_is_uniform() {
+        let members = ids(10);
+        let mut load: HashMap<NodeId, u32> = HashMap::new();
+        for k in 0..100_000u32 {
+            *load.entry(owners(b"b", &k.to_be_bytes(), &members, 1)[0].clone()).or_default() += 1;
+        }
+        for (m, l) in load {
+            assert!((9_000..11_000).contains(&l), "{m} owns {l} of 100000");
+        }
+    }
+}
