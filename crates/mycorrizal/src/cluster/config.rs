@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub advertise: Option<SocketAddr>,
     /// Advertised addresses of nodes to announce ourselves to at start and periodically.
     pub seeds: Vec<SocketAddr>,
+    /// Seeds found through DNS (A/AAAA with a port, or SRV), looked up again every
+    /// `seed_refresh`; used in addition to `seeds`. Default: none.
+    pub dns: Option<super::discovery::DnsSeeds>,
     /// Timing preset.
     pub preset: Preset,
     /// Expected number of nodes; tunes how long suspicion lasts and how often updates are
@@ -90,6 +93,7 @@ impl ClusterConfig {
             bind,
             advertise: None,
             seeds: Vec::new(),
+            dns: None,
             preset: Preset::Lan,
             expected_size: NonZeroU32::new(8).expect("8 is not zero"),
             seed_refresh: Duration::from_secs(10),

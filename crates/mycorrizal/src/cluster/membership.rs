@@ -161,6 +161,8 @@ impl MembershipStats {
 pub(crate) enum Command {
     /// Leave the cluster gracefully, then stop; answer when the goodbye was sent.
     Leave(oneshot::Sender<()>),
+    /// Seeds found by DNS replace the previous DNS seeds; announce to them now.
+    DnsSeeds(Vec<SocketAddr>),
 }
 
 /// Collects foca's outputs during one call.
@@ -202,6 +204,7 @@ pub(crate) struct Membership {
     foca: Foca<MemberId, MembershipCodec, SmallRng, NoCustomBroadcast>,
     identity: MemberId,
     seeds: Vec<SocketAddr>,
+    dns_seeds: Vec<SocketAddr>,
     seed_refresh: Duration,
     transport: Arc<dyn Transport>,
     keys: GossipKeys,
@@ -232,6 +235,7 @@ impl Membership {
             foca,
             identity: setup.identity,
             seeds: setup.seeds,
+            dns_seeds: Vec::new(),
             seed_refresh: setup.seed_refresh,
             transport: setup.transport,
             keys: setup.keys,
@@ -266,6 +270,10 @@ impl Membership {
                         let _ = done.send(());
                         return;
                     }
+                    Some(Command::DnsSeeds(seeds)) => {
+                        self.dns_seeds = seeds;
+                        self.announce_to_seeds(&mut out);
+                    }
                     None => return,
                 },
                 () = sleep_until(next_timer) => {
@@ -299,7 +307,7 @@ impl Membership {
     /// Announces this node to every seed that is not already a live member.
     fn announce_to_seeds(&mut self, out: &mut Outbox) {
         let known: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        for &seed in &self.seeds {
+        for &seed in self.seeds.iter().chain(&self.dns_seeds) {
             if seed == self.identity.addr || known.contains(&seed) {
                 continue;
             }

@@ -6,6 +6,7 @@
 //! ([`Application`]).
 
 mod config;
+mod discovery;
 mod leadership;
 mod link;
 mod membership;
@@ -13,6 +14,7 @@ mod messaging;
 mod node;
 
 pub use config::{ClusterConfig, ClusterConfigError, Preset};
+pub use discovery::{DiscoveryError, DnsDiscovery, DnsSeeds};
 pub use leadership::{FencingToken, Leader, Leadership};
 pub use link::{LinkSettings, MessagingError, Responder};
 pub use membership::{

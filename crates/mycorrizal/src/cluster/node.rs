@@ -47,6 +47,9 @@ pub enum NodeError {
     /// `start` was called without trust material.
     #[error("no trust configured: call NodeBuilder::trust")]
     NoTrust,
+    /// The DNS resolver could not be set up (a failed lookup later is only logged).
+    #[error("discovery: {0}")]
+    Discovery(#[from] super::discovery::DiscoveryError),
 }
 
 /// Builds and starts a [`Node`].
@@ -146,6 +149,24 @@ impl NodeBuilder {
             registry.clone(),
         );
         let acceptor = tokio::spawn(links.clone().accept_loop());
+        let mut tasks = vec![task, acceptor];
+        if let Some(dns) = self.config.dns.clone() {
+            let discovery = super::discovery::DnsDiscovery::new(dns)?;
+            let (commands, every) = (commands_tx.clone(), self.config.seed_refresh);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match discovery.resolve().await {
+                        Ok(seeds) => {
+                            if commands.send(Command::DnsSeeds(seeds)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "seed lookup failed"),
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }));
+        }
         tracing::info!(node = %identity.node, addr = %advertise, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
@@ -154,7 +175,7 @@ impl NodeBuilder {
                 view: view_rx,
                 stats,
                 commands: commands_tx,
-                tasks: Mutex::new(vec![task, acceptor]),
+                tasks: Mutex::new(tasks),
                 transport,
                 links,
                 registry,
@@ -241,7 +262,9 @@ impl Node {
     /// Resolves once the node has joined: at least one other member is alive, or the node has
     /// no seeds (a single-node cluster is ready at once).
     pub async fn ready(&self) {
-        if self.inner.config.seeds.iter().all(|s| *s == self.addr()) {
+        if self.inner.config.dns.is_none()
+            && self.inner.config.seeds.iter().all(|s| *s == self.addr())
+        {
             return;
         }
         let mut rx = self.watch_members();
