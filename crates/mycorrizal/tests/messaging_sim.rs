@@ -166,3 +166,42 @@ async fn unknown_applications_and_peers_are_reported() {
     let err = app.send(&NodeId::new("nobody").unwrap(), "x").await.unwrap_err();
     assert!(matches!(err, MessagingError::UnknownPeer(_)), "{err}");
 }
+
+/// Shutdown finishes the request in flight, refuses new work with `ShuttingDown`, then leaves.
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let (_net, mut nodes) = cluster(24, 2).await;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let mut requests = b.application("slow").requests().unwrap();
+    tokio::spawn(async move {
+        while let Some(r) = requests.recv().await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let body = r.body.clone();
+            r.responder.respond(body);
+        }
+    });
+    let app = a.application("slow");
+    let in_flight = {
+        let (app, to) = (app.clone(), b.id().clone());
+        tokio::spawn(async move { app.request(&to, "in flight", Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await; // the request is at b's handler
+    let b_app = b.application("slow");
+    let b_id = b.id().clone();
+    let stopping = tokio::spawn(b.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let refused = b_app.request(a.id(), "new work", Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(refused, MessagingError::ShuttingDown);
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        Bytes::from_static(b"in flight"),
+        "drained, not cut"
+    );
+    stopping.await.unwrap();
+    let start = tokio::time::Instant::now();
+    while a.members().get(&b_id).is_some_and(|m| m.state != MemberState::Left) {
+        assert!(start.elapsed() < Duration::from_secs(10), "b left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

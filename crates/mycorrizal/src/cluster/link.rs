@@ -123,6 +123,8 @@ pub struct Responder {
     channel: Channel,
     out: mpsc::Sender<Frame>,
     done: bool,
+    /// Held while the request is unanswered, so a draining connection knows when it may close.
+    _unanswered: Arc<()>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -182,6 +184,10 @@ pub(crate) struct Links {
     settings: LinkSettings,
     dispatch: Arc<dyn Dispatch>,
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
+    /// Set once at shutdown: connections stop taking new work, finish what is in flight, close.
+    shutdown: watch::Sender<bool>,
+    /// Connections being served; shutdown waits for it to reach zero.
+    serving: watch::Sender<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,7 +211,18 @@ impl Links {
             settings,
             dispatch,
             peers: Mutex::new(HashMap::new()),
+            shutdown: watch::Sender::new(false),
+            serving: watch::Sender::new(0),
         })
+    }
+
+    /// Stops taking new requests, lets every connection finish the requests in flight in both
+    /// directions, then closes them; waits at most `timeout`. Returns whether every connection
+    /// closed in time.
+    pub(crate) async fn shutdown(&self, timeout: Duration) -> bool {
+        self.shutdown.send_replace(true);
+        let mut serving = self.serving.subscribe();
+        tokio::time::timeout(timeout, serving.wait_for(|n| *n == 0)).await.is_ok()
     }
 
     /// Sends a request to `peer` and waits at most `timeout` for the answer.
@@ -216,6 +233,9 @@ impl Links {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, MessagingError> {
+        if *self.shutdown.borrow() {
+            return Err(MessagingError::ShuttingDown);
+        }
         if !self.view.borrow().live().any(|m| &m.id == peer) {
             return Err(MessagingError::UnknownPeer(peer.clone()));
         }
@@ -255,6 +275,9 @@ impl Links {
         let mut backoff = self.settings.min_backoff;
         let mut jitter = xorshift_seed(&peer);
         loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
             let addr = match self.view.borrow().live().find(|m| m.id == peer) {
                 Some(m) => m.addr,
                 None => break,
@@ -465,7 +488,22 @@ async fn serve(
     stream: Box<dyn AsyncStream>,
     rx: &mut mpsc::Receiver<Outgoing>,
 ) -> bool {
+    links.serving.send_modify(|n| *n += 1);
+    let idle = serve_inner(links, peer, stream, rx).await;
+    links.serving.send_modify(|n| *n -= 1);
+    idle
+}
+
+async fn serve_inner(
+    links: &Arc<Links>,
+    peer: &NodeId,
+    stream: Box<dyn AsyncStream>,
+    rx: &mut mpsc::Receiver<Outgoing>,
+) -> bool {
     let settings = &links.settings;
+    let mut shutdown = links.shutdown.subscribe();
+    let mut draining = *shutdown.borrow();
+    let unanswered = Arc::new(());
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (answers_tx, mut answers_rx) = mpsc::channel::<Frame>(settings.max_in_flight.max(16));
     let mut pending: HashMap<u64, oneshot::Sender<Result<Bytes, MessagingError>>> = HashMap::new();
@@ -489,7 +527,17 @@ async fn serve(
                 frame.encode(&mut out);
                 if writer.write_all(&out).await.is_err() { break false; }
             }
-            request = rx.recv(), if pending.len() < settings.max_in_flight => {
+            changed = shutdown.changed(), if !draining => {
+                draining = changed.is_err() || *shutdown.borrow();
+            }
+            // While draining: closes once nothing is in flight either way and every answer is
+            // written. Polled every 10 ms; answers and reads wake the loop sooner.
+            () = tokio::time::sleep(Duration::from_millis(10)), if draining => {
+                if pending.is_empty() && Arc::strong_count(&unanswered) == 1 && answers_rx.is_empty() {
+                    break true;
+                }
+            }
+            request = rx.recv(), if !draining && pending.len() < settings.max_in_flight => {
                 let Some(o) = request else { break true };
                 let id = next_id;
                 next_id += 1;
@@ -527,13 +575,26 @@ async fn serve(
                             if let Some(reply) = pending.remove(&h.request_id) {
                                 let e = ErrorReply::decode(msg.payload).unwrap_or_default();
                                 let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
-                                let err = if code == ErrorCode::Overloaded { MessagingError::Overloaded(peer.clone()) } else { MessagingError::Remote { peer: peer.clone(), code, message: e.message } };
+                                let err = match code {
+                                    ErrorCode::Overloaded => MessagingError::Overloaded(peer.clone()),
+                                    _ => MessagingError::Remote { peer: peer.clone(), code, message: e.message },
+                                };
                                 let _ = reply.send(Err(err));
                             }
                         }
                         Kind::Request => {
-                            let responder = Responder { request_id: h.request_id, channel: h.channel, out: answers_tx.clone(), done: false };
-                            links.dispatch.dispatch(peer, h.channel, msg.payload, responder);
+                            let responder = Responder {
+                                request_id: h.request_id,
+                                channel: h.channel,
+                                out: answers_tx.clone(),
+                                done: false,
+                                _unanswered: unanswered.clone(),
+                            };
+                            if draining {
+                                responder.fail(ErrorCode::ShuttingDown, "node is shutting down");
+                            } else {
+                                links.dispatch.dispatch(peer, h.channel, msg.payload, responder);
+                            }
                         }
                         Kind::OneWay => {}
                     }
@@ -541,7 +602,7 @@ async fn serve(
                 }
                 if failed { break false; }
             }
-            () = &mut idle, if pending.is_empty() => break true,
+            () = &mut idle, if pending.is_empty() && !draining => break true,
         }
     };
     let _ = writer.shutdown().await;

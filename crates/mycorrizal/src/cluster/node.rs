@@ -272,12 +272,20 @@ impl Node {
         let _ = rx.wait_for(|v| v.live().any(|m| m.id != me)).await;
     }
 
-    /// Leaves the cluster gracefully (peers see it as left, not failed) and stops, waiting at
-    /// most `timeout` for the goodbye to be sent.
+    /// Stops gracefully within `timeout`: new requests fail with `ShuttingDown`, requests in
+    /// flight in both directions are finished and links closed, then the node leaves the
+    /// cluster (peers see it as left, not failed) and its tasks stop.
     pub async fn shutdown(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !self.inner.links.shutdown(timeout).await {
+            tracing::warn!(node = %self.id(), "links did not drain in time; closing anyway");
+        }
         let (done_tx, done_rx) = oneshot::channel();
         if self.inner.commands.send(Command::Leave(done_tx)).await.is_ok() {
-            let _ = tokio::time::timeout(timeout, done_rx).await;
+            let _ = tokio::time::timeout_at(deadline, done_rx).await;
+        }
+        for t in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
         }
         tracing::info!(node = %self.id(), "node stopped");
     }
