@@ -117,7 +117,8 @@ async fn a_crashed_node_is_seen_down_within_the_bound_and_rejoins_after_restart(
 }
 
 /// Twenty seeds (more with `LOSS_SEEDS=n`), each 60 virtual seconds at 20 % loss after the
-/// cluster formed: no node's view ever shows a member down, and no down verdict is reached.
+/// cluster formed: no node's view ever shows a member down, no down verdict is reached, and no
+/// node is made to rejoin under a new identity.
 #[tokio::test(start_paused = true)]
 async fn twenty_percent_datagram_loss_gives_no_false_down_for_sixty_seconds() {
     let n: u64 = std::env::var("LOSS_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
@@ -134,6 +135,7 @@ async fn twenty_percent_datagram_loss_gives_no_false_down_for_sixty_seconds() {
         bad.len()
     );
     assert!(bad.is_empty(), "false down with seeds {bad:?} of {n}");
+    assert_eq!(rejoins, 0, "no node was made to renew its identity");
 }
 
 /// `None` if a false down was seen; otherwise how many identity renewals (rejoins) happened.

@@ -413,6 +413,10 @@ pub enum GossipPayload<'a> {
     Swim(&'a [u8]),
     /// The sender is leaving the cluster on purpose: report it as left, not failed.
     Leaving(MemberId),
+    /// The receiver, under this identity, is down in the sender's view: it must rejoin under a
+    /// new generation to be heard again (sent in reply to a message from a down member, e.g.
+    /// after a partition heals).
+    YouAreDown(MemberId),
 }
 
 /// Encodes a gossip payload: one tag byte, then the body.
@@ -427,6 +431,10 @@ pub fn encode_payload(payload: &GossipPayload<'_>) -> Result<Vec<u8>, CodecError
             out.push(1);
             encode_id(id, &mut out)?;
         }
+        GossipPayload::YouAreDown(id) => {
+            out.push(2);
+            encode_id(id, &mut out)?;
+        }
     }
     Ok(out)
 }
@@ -437,6 +445,7 @@ pub fn decode_payload(bytes: &[u8]) -> Result<GossipPayload<'_>, CodecError> {
         None => Err(CodecError::Truncated { needed: 1 }),
         Some((0, rest)) => Ok(GossipPayload::Swim(rest)),
         Some((1, mut rest)) => Ok(GossipPayload::Leaving(decode_id(&mut rest)?)),
+        Some((2, mut rest)) => Ok(GossipPayload::YouAreDown(decode_id(&mut rest)?)),
         Some((&tag, _)) => Err(CodecError::BadTag { what: "gossip payload", tag }),
     }
 }
@@ -453,7 +462,11 @@ mod payload_tests {
             generation: 3,
             meta: NodeMeta::default(),
         };
-        for p in [GossipPayload::Swim(b"swim"), GossipPayload::Leaving(id)] {
+        for p in [
+            GossipPayload::Swim(b"swim"),
+            GossipPayload::Leaving(id.clone()),
+            GossipPayload::YouAreDown(id),
+        ] {
             assert_eq!(decode_payload(&encode_payload(&p).unwrap()).unwrap(), p);
         }
         assert!(decode_payload(&[]).is_err());

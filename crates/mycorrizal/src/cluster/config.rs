@@ -175,6 +175,12 @@ impl ClusterConfig {
             c.max_transmissions.max(std::num::NonZeroU8::new(12).expect("12 is not zero"));
         let scale = f64::from(self.expected_size.get()).log10().max(1.0);
         c.suspect_to_down_after = c.probe_period.mul_f64(multiplier * scale);
+        // foca 2.0 also sends its "you are down" message (TurnUndead) to members it still holds
+        // alive when a stale suspicion timer fires; under 20 % loss that made about one node a
+        // minute renew its identity for nothing. Membership sends its own notice instead, only
+        // to senders it really holds down (see `membership.rs`).
+        c.notify_down_members = false;
+        c.notify_down_members = false;
         c
     }
 }

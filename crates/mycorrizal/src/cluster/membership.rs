@@ -171,6 +171,8 @@ struct Outbox {
     sends: Vec<(SocketAddr, Vec<u8>)>,
     timers: Vec<(Timer<MemberId>, Duration)>,
     notes: Vec<OwnedNotification<MemberId>>,
+    /// "You are down" notices to send, with the identity they are about.
+    notices: Vec<(SocketAddr, MemberId)>,
 }
 
 impl foca::Runtime<MemberId> for Outbox {
@@ -356,9 +358,15 @@ impl Membership {
         };
         match membership::decode_payload(&plain) {
             Ok(GossipPayload::Swim(bytes)) => {
+                self.tell_if_down(bytes, out);
                 if let Err(e) = self.foca.handle_data(bytes, &mut *out) {
-                    stats.rejected_invalid.fetch_add(1, Relaxed);
+                    self.stats.rejected_invalid.fetch_add(1, Relaxed);
                     tracing::debug!(%from, error = %e, "membership message refused");
+                }
+            }
+            Ok(GossipPayload::YouAreDown(id)) => {
+                if id == self.identity {
+                    self.rejoin(out);
                 }
             }
             Ok(GossipPayload::Leaving(id)) => {
@@ -372,10 +380,38 @@ impl Membership {
         }
     }
 
+    /// If the sender of `swim` is a member we hold down under that exact identity, tell it so:
+    /// it cannot be heard until it rejoins under a new generation (after a partition heals,
+    /// both sides hold the other down and would otherwise ignore each other).
+    fn tell_if_down(&mut self, swim: &[u8], out: &mut Outbox) {
+        use foca::Codec as _;
+        let Ok(header) = MembershipCodec.decode_header(swim) else { return };
+        let held_down = self
+            .foca
+            .iter_membership_state()
+            .any(|m| m.id() == &header.src && m.state() == State::Down);
+        if held_down {
+            out.notices.push((header.src.addr, header.src));
+        }
+    }
+
+    /// Rejoins under a new generation: told we are down, or foca renewed us.
+    fn rejoin(&mut self, out: &mut Outbox) {
+        let Some(new_id) = foca::Identity::renew(&self.identity) else { return };
+        if let Err(e) = self.foca.change_identity(new_id.clone(), &mut *out) {
+            tracing::debug!(error = %e, "rejoin");
+            return;
+        }
+        out.notes.push(OwnedNotification::Rejoin(new_id));
+    }
+
     /// Executes foca's outputs: seal and send datagrams, arm timers, publish changes.
     async fn drain(&mut self, out: Outbox) {
         for (to, data) in out.sends {
             self.send(to, &GossipPayload::Swim(&data)).await;
+        }
+        for (to, id) in out.notices {
+            self.send(to, &GossipPayload::YouAreDown(id)).await;
         }
         let now = Instant::now();
         for (event, after) in out.timers {
