@@ -205,3 +205,19 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pair of nodes talking both ways shares one connection.
+#[tokio::test(start_paused = true)]
+async fn a_pair_talking_both_ways_shares_one_connection() {
+    let (_net, nodes) = cluster(25, 2).await;
+    echo(&nodes[0], "chat");
+    echo(&nodes[1], "chat");
+    let (a, b) = (nodes[0].application("chat"), nodes[1].application("chat"));
+    a.request(nodes[1].id(), "a->b", Duration::from_secs(5)).await.unwrap();
+    b.request(nodes[0].id(), "b->a", Duration::from_secs(5)).await.unwrap();
+    for _ in 0..10 {
+        a.request(nodes[1].id(), "again", Duration::from_secs(5)).await.unwrap();
+        b.request(nodes[0].id(), "again", Duration::from_secs(5)).await.unwrap();
+    }
+    assert_eq!((nodes[0].connections(), nodes[1].connections()), (1, 1));
+}

@@ -3,8 +3,8 @@
 //! A link to a peer is dialed lazily on the first request to it, by a task that owns it: the
 //! task dials (retrying with exponential back-off and jitter while membership says the peer is
 //! alive), exchanges hellos, then writes queued requests and reads frames until the connection
-//! fails or stays idle. Inbound connections are registered as the link to their peer, so a
-//! pair of nodes normally shares one connection.
+//! fails or stays idle. An inbound connection becomes the acceptor's link to the dialer unless
+//! it already has one, so a pair of nodes normally shares one connection in both directions.
 //!
 //! Every queue is bounded. A caller whose request finds the peer's queue full, or the peer's
 //! in-flight limit reached, gets [`MessagingError::Overloaded`] at once; a request not answered
@@ -437,10 +437,32 @@ impl Links {
         {
             return;
         }
-        // Serve it; requests we make to this peer use our own dialed link (keeps ownership
-        // simple: one task owns each connection's writes).
-        let (_tx, mut rx) = mpsc::channel(1);
+        // Unless we already have a link to this peer, this connection becomes it: our
+        // requests to the peer go out on it too, so a pair of nodes shares one connection.
+        // (If both dialed at once, each keeps its own and the pair holds two.)
+        let (tx, mut rx) = mpsc::channel(self.settings.send_queue);
+        {
+            let mut peers = lock(&self.peers);
+            if peers.get(&peer).is_none_or(|q| q.is_closed()) {
+                peers.insert(peer.clone(), tx.clone());
+            }
+        }
+        drop(tx);
         serve(&self, &peer, stream, &mut rx).await;
+        // Whatever was queued for this connection and not sent fails now; the next request
+        // finds the queue closed and dials.
+        rx.close();
+        while let Ok(o) = rx.try_recv() {
+            let _ = o.reply.send(Err(MessagingError::ConnectionLost {
+                peer: peer.clone(),
+                detail: "connection closed before the request was sent; retry".into(),
+            }));
+        }
+    }
+
+    /// Connections being served now.
+    pub(crate) fn connections(&self) -> usize {
+        *self.serving.borrow()
     }
 }
 

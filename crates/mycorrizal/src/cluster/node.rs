@@ -302,6 +302,12 @@ impl Node {
         )
     }
 
+    /// Streams to peers open now (one per peer this node talks to, normally shared by both
+    /// directions).
+    pub fn connections(&self) -> usize {
+        self.inner.links.connections()
+    }
+
     /// Who leads `name` (eventually unique; see [`Leadership`]).
     pub fn leadership(&self, name: &str) -> Leadership {
         Leadership::new(name, self.id().clone(), self.inner.view.clone())
