@@ -221,3 +221,31 @@ async fn a_pair_talking_both_ways_shares_one_connection() {
     }
     assert_eq!((nodes[0].connections(), nodes[1].connections()), (1, 1));
 }
+
+/// A broken connection is redialed (with back-off) while the peer stays a member; requests in
+/// flight when it broke are reported, and later ones succeed over the new connection.
+#[tokio::test(start_paused = true)]
+async fn a_broken_link_is_redialed_while_the_peer_is_alive() {
+    let (net, nodes) = cluster(26, 2).await;
+    echo(&nodes[1], "svc");
+    let app = nodes[0].application("svc");
+    app.request(nodes[1].id(), "before", Duration::from_secs(5)).await.unwrap();
+    net.cut(addr(1), addr(2)); // breaks the stream at once
+    let during = app.request(nodes[1].id(), "during", Duration::from_millis(500)).await;
+    assert!(
+        matches!(during, Err(MessagingError::Timeout(_) | MessagingError::ConnectionLost { .. })),
+        "{during:?}"
+    );
+    net.heal();
+    let start = tokio::time::Instant::now();
+    loop {
+        match app.request(nodes[1].id(), "after", Duration::from_secs(1)).await {
+            Ok(answer) => {
+                assert_eq!(answer, Bytes::from_static(b"m2:after"));
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "not redialed: {e}"),
+        }
+    }
+    assert_eq!(nodes[1].members().get(nodes[0].id()).unwrap().state, MemberState::Alive);
+}

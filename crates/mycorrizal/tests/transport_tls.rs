@@ -123,3 +123,43 @@ fn test_ca(org: &str) -> (String, String) {
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// Mode 3: externally issued certificates. The node's certificate must name it; one that names
+/// another node is refused when the credentials are built, before anything listens.
+#[tokio::test]
+async fn external_pki_mode() {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::OrganizationName, "vault");
+    ca_params.key_usages =
+        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let issue = |name: &str| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![format!("{name}.node.mycorrizal")]).unwrap();
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let gossip_key = [9u8; 32];
+    let trust_for = |name: &str| {
+        let (cert, key) = issue(name);
+        Trust::external(ca_cert.pem(), cert, key, gossip_key)
+    };
+    let a = bind("a", [127, 0, 0, 22], &trust_for("a")).await;
+    let b = bind("b", [127, 0, 0, 23], &trust_for("b")).await;
+    let b_addr = b.local_addr();
+    let server = tokio::spawn(accept_one(b));
+    let conn = a.connect(b_addr, &id("b")).await.unwrap();
+    conn.peer.verify(&id("b")).unwrap();
+    server.await.unwrap().unwrap().peer.verify(&id("a")).unwrap();
+
+    let wrong = trust_for("someone-else");
+    let err = Credentials::new(&wrong, "test", &id("a")).unwrap_err();
+    assert!(matches!(err, mycorrizal::security::SecurityError::IdentityMismatch { .. }), "{err}");
+}
