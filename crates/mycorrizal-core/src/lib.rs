@@ -10,6 +10,7 @@
 //! - [`hlc`]: the hybrid logical clock that versions every write.
 //! - [`placement`]: rendezvous hashing: which nodes own a key, who leads a name.
 //! - [`record`]: versioned values and tombstones, and the last-writer-wins merge rule.
+//! - [`rng`]: a seeded generator for simulations and workloads.
 //! - [`wire`]: every byte that crosses the network: frames, payload messages, gossip envelopes,
 //!   membership messages.
 
@@ -20,6 +21,7 @@ pub mod hlc;
 pub mod node;
 pub mod placement;
 pub mod record;
+pub mod rng;
 pub mod wire;
 
 pub use hlc::{ClockError, Hlc, HlcTime, Timestamp};

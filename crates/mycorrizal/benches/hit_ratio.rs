@@ -9,6 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 use mycorrizal::{
     NodeId,
     clock::ManualClock,
+    core::rng::SplitMix64,
     store::{BucketConfig, Store, StoreConfig},
 };
 
@@ -16,23 +17,8 @@ const UNIVERSE: usize = 100_000;
 const REQUESTS: usize = 2_000_000;
 const SEED: u64 = 0x5eed_2026;
 
-/// splitmix64: a tiny, well-mixed, seedable generator.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Zipf(s) over ranks 0..n by inverse CDF on a precomputed table.
-fn zipf_trace(n: usize, s: f64, len: usize, rng: &mut SplitMix) -> Vec<u64> {
+fn zipf_trace(n: usize, s: f64, len: usize, rng: &mut SplitMix64) -> Vec<u64> {
     let mut cdf = Vec::with_capacity(n);
     let mut acc = 0.0;
     for rank in 1..=n {
@@ -157,7 +143,7 @@ fn lru_hit_ratio(trace: &[u64], capacity: usize) -> f64 {
 
 fn main() {
     // `cargo bench` passes flags such as `--bench`; this report takes none.
-    let mut rng = SplitMix(SEED);
+    let mut rng = SplitMix64::new(SEED);
     let zipf = zipf_trace(UNIVERSE, 0.99, REQUESTS, &mut rng);
     let scanned = with_scans(&zipf, 50_000, 20_000);
     println!("hit ratio, Zipf(0.99) over {UNIVERSE} keys, {REQUESTS} requests, seed {SEED:#x}");

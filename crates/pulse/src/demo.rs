@@ -6,6 +6,7 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use mycorrizal::{
     NodeId,
+    core::rng::SplitMix64,
     store::{Bucket, BucketConfig, Store, StoreConfig},
 };
 
@@ -81,7 +82,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say(&format!("read back {found}/{SESSIONS}: a value just written is always readable"));
 
     step("3. A catalog of 5,000 products in a bucket that holds 1,000");
-    let mut rng = SplitMix(args.seed);
+    let mut rng = SplitMix64::new(args.seed);
     for id in 0..PRODUCTS {
         catalog.set(format!("product:{id}"), format!("product #{id}, price {}", 100 + id % 900))?;
     }
@@ -95,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let before = catalog.stats();
     for _ in 0..READS {
-        let id = rng.skewed(PRODUCTS as u64);
+        let id = skewed(&mut rng, PRODUCTS as u64);
         let key = format!("product:{id}");
         if catalog.get(&key).is_none() {
             catalog.set(&key, format!("product #{id}, price {}", 100 + id % 900))?;
@@ -196,21 +197,8 @@ fn print_stats(buckets: &[&Bucket]) {
     }
 }
 
-/// A small seeded generator (splitmix64) so the demo's workload is reproducible.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A skewed draw in `0..n`: the cube of a uniform number puts most mass on small ids.
-    fn skewed(&mut self, n: u64) -> u64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ((u * u * u) * n as f64) as u64
-    }
+/// A skewed draw in `0..n`: the cube of a uniform number puts most mass on small ids.
+fn skewed(rng: &mut SplitMix64, n: u64) -> u64 {
+    let u = rng.unit();
+    ((u * u * u) * n as f64) as u64
 }

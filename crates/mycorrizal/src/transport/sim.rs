@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use mycorrizal_core::NodeId;
+use mycorrizal_core::{NodeId, rng::SplitMix64};
 use tokio::{
     io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf},
     sync::mpsc,
@@ -76,7 +76,7 @@ pub struct SimNetwork {
 #[derive(Debug)]
 struct NetState {
     config: SimConfig,
-    rng: SplitMix,
+    rng: SplitMix64,
     nodes: HashMap<SocketAddr, SimNode>,
     /// Directed cuts: `(from, to)` means nothing from `from` reaches `to`.
     cuts: HashSet<(SocketAddr, SocketAddr)>,
@@ -114,23 +114,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[derive(Debug, Clone)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 impl NetState {
     fn reachable(&self, from: SocketAddr, to: SocketAddr) -> bool {
         let alive = |a| self.nodes.get(&a).is_some_and(|n| n.alive);
@@ -155,7 +138,7 @@ impl NetState {
 impl SimNetwork {
     /// A network with `config`.
     pub fn new(config: SimConfig) -> Self {
-        let rng = SplitMix(config.seed);
+        let rng = SplitMix64::new(config.seed);
         SimNetwork {
             state: Arc::new(Mutex::new(NetState {
                 config,
