@@ -24,18 +24,9 @@ pub enum ClusterConfigError {
         /// The bind address.
         bind: SocketAddr,
     },
-    /// A duration is outside its bounds.
-    #[error("{field} = {value:?} is out of range; allowed {min:?} ..= {max:?}")]
-    DurationOutOfRange {
-        /// The field.
-        field: &'static str,
-        /// The refused value.
-        value: Duration,
-        /// Smallest allowed.
-        min: Duration,
-        /// Largest allowed.
-        max: Duration,
-    },
+    /// A field is outside its bounds (`ConfigError::DurationOutOfRange` names it).
+    #[error(transparent)]
+    OutOfRange(#[from] crate::store::ConfigError),
     /// Node metadata exceeds the bounds membership messages can carry.
     #[error("node metadata: {0}")]
     Meta(String),
@@ -191,9 +182,7 @@ fn check(
     min: Duration,
     max: Duration,
 ) -> Result<(), ClusterConfigError> {
-    if value < min || value > max {
-        return Err(ClusterConfigError::DurationOutOfRange { field, value, min, max });
-    }
+    crate::store::check_duration(field, value, min, max)?;
     Ok(())
 }
 
@@ -227,7 +216,10 @@ mod tests {
         c.seed_refresh = Duration::ZERO;
         assert!(matches!(
             c.validate(),
-            Err(ClusterConfigError::DurationOutOfRange { field: "seed_refresh", .. })
+            Err(ClusterConfigError::OutOfRange(crate::store::ConfigError::DurationOutOfRange {
+                field: "seed_refresh",
+                ..
+            }))
         ));
         let mut c = cfg();
         c.meta.roles = (0..9).map(|i| format!("r{i}")).collect();

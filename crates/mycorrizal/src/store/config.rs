@@ -347,7 +347,8 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, ConfigError> {
     check_duration("ttl", ttl, MIN_TTL, MAX_TTL)
 }
 
-fn check_duration(
+/// Checks a duration field against its bounds: the one place bounds are checked.
+pub(crate) fn check_duration(
     field: &'static str,
     value: Duration,
     min: Duration,

@@ -33,6 +33,7 @@ use std::{
 };
 
 pub use bucket::{Bucket, ENTRY_OVERHEAD, WriteOutcome};
+pub(crate) use config::check_duration;
 pub use config::{
     BucketConfig, BucketConfigBuilder, BucketName, Capacity, ConfigError, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TOMBSTONE_TTL, MAX_KEY_LEN, MAX_TTL, MIN_TTL, StoreConfig,
