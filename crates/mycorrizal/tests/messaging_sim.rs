@@ -249,3 +249,21 @@ async fn a_broken_link_is_redialed_while_the_peer_is_alive() {
     }
     assert_eq!(nodes[1].members().get(nodes[0].id()).unwrap().state, MemberState::Alive);
 }
+
+/// Two nodes send each other multi-megabyte requests at the same time over one connection:
+/// neither side may stop reading while its writes wait, or both would wait forever.
+#[tokio::test(start_paused = true)]
+async fn large_requests_in_both_directions_at_once_do_not_deadlock() {
+    let (_net, nodes) = cluster(27, 2).await;
+    echo(&nodes[0], "bulk");
+    echo(&nodes[1], "bulk");
+    let (a, b) = (nodes[0].application("bulk"), nodes[1].application("bulk"));
+    a.request(nodes[1].id(), "warm", Duration::from_secs(5)).await.unwrap(); // one shared link
+    let big = Bytes::from(vec![0xAB; 6 * 1024 * 1024]);
+    let (to_b, to_a) = (nodes[1].id().clone(), nodes[0].id().clone());
+    let (ba, bb) = (big.clone(), big.clone());
+    let one = tokio::spawn(async move { a.request(&to_b, ba, Duration::from_secs(60)).await });
+    let two = tokio::spawn(async move { b.request(&to_a, bb, Duration::from_secs(60)).await });
+    let (r1, r2) = (one.await.unwrap().unwrap(), two.await.unwrap().unwrap());
+    assert_eq!((r1.len(), r2.len()), (big.len() + 3, big.len() + 3));
+}

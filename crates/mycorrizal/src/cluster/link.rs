@@ -527,13 +527,27 @@ async fn serve_inner(
     let mut draining = *shutdown.borrow();
     let unanswered = Arc::new(());
     let (mut reader, mut writer) = tokio::io::split(stream);
+    // Writes happen on their own task, so this loop keeps reading while a write waits: two
+    // nodes sending each other large messages at once would otherwise both wait forever.
+    let (to_writer, mut writes) = mpsc::channel::<Bytes>(4);
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = writes.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    // Messages being sent, one frame per turn each: a small request waits behind at most one
+    // chunk of every large message in progress.
+    let mut outq: std::collections::VecDeque<Box<dyn Iterator<Item = Frame> + Send>> =
+        std::collections::VecDeque::new();
     let (answers_tx, mut answers_rx) = mpsc::channel::<Frame>(settings.max_in_flight.max(16));
     let mut pending: HashMap<u64, oneshot::Sender<Result<Bytes, MessagingError>>> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut decoder = FrameDecoder::new(DEFAULT_CHUNK_SIZE as u32 * 2);
     let mut reassembler = Reassembler::new(settings.max_message, settings.max_message * 2);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut out = BytesMut::new();
     let lost = |detail: &str| MessagingError::ConnectionLost {
         peer: peer.clone(),
         detail: detail.to_owned(),
@@ -543,11 +557,20 @@ async fn serve_inner(
     let outcome = loop {
         tokio::select! {
             biased;
+            permit = to_writer.reserve(), if !outq.is_empty() => {
+                let Ok(permit) = permit else { break false };
+                if let Some(mut message) = outq.pop_front()
+                    && let Some(frame) = message.next()
+                {
+                    let mut out = BytesMut::with_capacity(frame.payload.len() + 16);
+                    frame.encode(&mut out);
+                    permit.send(out.freeze());
+                    outq.push_back(message);
+                }
+            }
             answer = answers_rx.recv() => {
                 let Some(frame) = answer else { continue };
-                out.clear();
-                frame.encode(&mut out);
-                if writer.write_all(&out).await.is_err() { break false; }
+                outq.push_back(Box::new(std::iter::once(frame)));
             }
             changed = shutdown.changed(), if !draining => {
                 draining = changed.is_err() || *shutdown.borrow();
@@ -555,20 +578,22 @@ async fn serve_inner(
             // While draining: closes once nothing is in flight either way and every answer is
             // written. Polled every 10 ms; answers and reads wake the loop sooner.
             () = tokio::time::sleep(Duration::from_millis(10)), if draining => {
-                if pending.is_empty() && Arc::strong_count(&unanswered) == 1 && answers_rx.is_empty() {
+                if pending.is_empty()
+                    && Arc::strong_count(&unanswered) == 1
+                    && answers_rx.is_empty()
+                    && outq.is_empty()
+                {
                     break true;
                 }
             }
-            request = rx.recv(), if !draining && pending.len() < settings.max_in_flight => {
+            request = rx.recv(), if !draining && pending.len() < settings.max_in_flight && outq.len() < 64 => {
                 let Some(o) = request else { break true };
                 let id = next_id;
                 next_id += 1;
-                out.clear();
-                for f in split_message(Kind::Request, o.channel, id, o.payload, DEFAULT_CHUNK_SIZE) {
-                    f.encode(&mut out);
-                }
+                let frames: Vec<Frame> =
+                    split_message(Kind::Request, o.channel, id, o.payload, DEFAULT_CHUNK_SIZE).collect();
+                outq.push_back(Box::new(frames.into_iter()));
                 pending.insert(id, o.reply);
-                if writer.write_all(&out).await.is_err() { break false; }
                 idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
             }
             read = reader.read_buf(&mut buf) => {
@@ -627,7 +652,14 @@ async fn serve_inner(
             () = &mut idle, if pending.is_empty() && !draining => break true,
         }
     };
-    let _ = writer.shutdown().await;
+    // On a clean close (idle, drained) let the writer flush what it holds, briefly; on a
+    // failure, or a peer that stopped reading, do not wait on it.
+    drop(to_writer);
+    let abort = writer_task.abort_handle();
+    let flush = if outcome { Duration::from_secs(5) } else { Duration::ZERO };
+    if tokio::time::timeout(flush, writer_task).await.is_err() {
+        abort.abort();
+    }
     for (_, reply) in pending.drain() {
         let _ = reply.send(Err(lost("connection closed")));
     }
