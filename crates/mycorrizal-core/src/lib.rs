@@ -9,6 +9,7 @@
 //! - [`node`]: node identities and the compact tag derived from them.
 //! - [`hlc`]: the hybrid logical clock that versions every write.
 //! - [`placement`]: rendezvous hashing: which nodes own a key, who leads a name.
+//! - [`quorum`]: consistency levels and the outcome of a replicated write.
 //! - [`record`]: versioned values and tombstones, and the last-writer-wins merge rule.
 //! - [`rng`]: a seeded generator for simulations and workloads.
 //! - [`wire`]: every byte that crosses the network: frames, payload messages, gossip envelopes,
@@ -20,6 +21,7 @@
 pub mod hlc;
 pub mod node;
 pub mod placement;
+pub mod quorum;
 pub mod record;
 pub mod rng;
 pub mod wire;
