@@ -121,7 +121,7 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
 pub struct Responder {
     request_id: u64,
     channel: Channel,
-    out: mpsc::Sender<Frame>,
+    out: mpsc::Sender<Answer>,
     done: bool,
     /// Held while the request is unanswered, so a draining connection knows when it may close.
     _unanswered: Arc<()>,
@@ -148,18 +148,25 @@ impl Responder {
     }
 
     fn send(&self, kind: Kind, body: Bytes) {
-        for frame in split_message(kind, self.channel, self.request_id, body, DEFAULT_CHUNK_SIZE) {
-            // The answer queue is bounded by the in-flight limit of the requesting side; if the
-            // connection is gone the requester learns it from its own side.
-            if self.out.try_send(frame).is_err() {
-                tracing::debug!(
-                    request_id = self.request_id,
-                    "answer dropped: connection closed or saturated"
-                );
-                return;
-            }
+        // One slot per answer, and the queue holds as many answers as the requester may have
+        // requests in flight, so it is only full if the requester broke that limit; a closed
+        // queue means the connection is gone, which the requester learns on its own side.
+        let answer = Answer { kind, channel: self.channel, request_id: self.request_id, body };
+        if self.out.try_send(answer).is_err() {
+            tracing::debug!(
+                request_id = self.request_id,
+                "answer dropped: connection closed or limit broken"
+            );
         }
     }
+}
+
+/// An answer on its way to the connection's writer, split into frames there.
+struct Answer {
+    kind: Kind,
+    channel: Channel,
+    request_id: u64,
+    body: Bytes,
 }
 
 impl Drop for Responder {
@@ -542,7 +549,7 @@ async fn serve_inner(
     // chunk of every large message in progress.
     let mut outq: std::collections::VecDeque<Box<dyn Iterator<Item = Frame> + Send>> =
         std::collections::VecDeque::new();
-    let (answers_tx, mut answers_rx) = mpsc::channel::<Frame>(settings.max_in_flight.max(16));
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(settings.max_in_flight.max(16));
     let mut pending: HashMap<u64, oneshot::Sender<Result<Bytes, MessagingError>>> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut decoder = FrameDecoder::new(DEFAULT_CHUNK_SIZE as u32 * 2);
@@ -569,8 +576,10 @@ async fn serve_inner(
                 }
             }
             answer = answers_rx.recv() => {
-                let Some(frame) = answer else { continue };
-                outq.push_back(Box::new(std::iter::once(frame)));
+                let Some(a) = answer else { continue };
+                let frames: Vec<Frame> =
+                    split_message(a.kind, a.channel, a.request_id, a.body, DEFAULT_CHUNK_SIZE).collect();
+                outq.push_back(Box::new(frames.into_iter()));
             }
             changed = shutdown.changed(), if !draining => {
                 draining = changed.is_err() || *shutdown.borrow();
