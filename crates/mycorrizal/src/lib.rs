@@ -18,6 +18,7 @@ pub mod clock;
 pub mod cluster;
 pub mod security;
 pub mod store;
+mod sync;
 pub mod transport;
 
 pub use mycorrizal_core as core;

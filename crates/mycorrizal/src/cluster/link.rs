@@ -13,7 +13,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,7 +33,10 @@ use tokio::{
 };
 
 use super::membership::MembershipView;
-use crate::transport::{AsyncStream, Connection, Transport};
+use crate::{
+    sync::lock,
+    transport::{AsyncStream, Connection, Transport},
+};
 
 /// Why a message or request to a peer failed. The request may or may not have been handled
 /// only when the variant says so.
@@ -195,10 +198,6 @@ pub(crate) struct Links {
     shutdown: watch::Sender<bool>,
     /// Connections being served; shutdown waits for it to reach zero.
     serving: watch::Sender<usize>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Links {

@@ -67,7 +67,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     fn inbox(&self, name: &str, capacity: usize) -> Arc<Inbox> {
-        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut apps = crate::sync::lock(&self.apps);
         apps.entry(name.to_owned())
             .or_insert_with(|| {
                 let (messages_tx, messages_rx) = mpsc::channel(capacity);
@@ -93,7 +93,7 @@ impl Dispatch for Registry {
             reply.fail(ErrorCode::BadRequest, "malformed application envelope");
             return;
         };
-        let inbox = self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(&env.app).cloned();
+        let inbox = crate::sync::lock(&self.apps).get(&env.app).cloned();
         let Some(inbox) = inbox else {
             reply.fail(ErrorCode::NoHandler, format!("no application {:?} on this node", env.app));
             return;
@@ -212,11 +212,11 @@ impl Application {
     /// The receiver of messages sent to this application on this node. Can be taken once;
     /// later calls return `None`.
     pub fn messages(&self) -> Option<mpsc::Receiver<AppMessage>> {
-        self.inbox.messages_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::sync::lock(&self.inbox.messages_rx).take()
     }
 
     /// The receiver of requests sent to this application on this node. Can be taken once.
     pub fn requests(&self) -> Option<mpsc::Receiver<AppRequest>> {
-        self.inbox.requests_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::sync::lock(&self.inbox.requests_rx).take()
     }
 }

@@ -205,7 +205,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in crate::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
     }
@@ -284,7 +284,7 @@ impl Node {
         if self.inner.commands.send(Command::Leave(done_tx)).await.is_ok() {
             let _ = tokio::time::timeout_at(deadline, done_rx).await;
         }
-        for t in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in crate::sync::lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
         tracing::info!(node = %self.id(), "node stopped");

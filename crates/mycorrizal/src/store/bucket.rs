@@ -509,7 +509,7 @@ impl Bucket {
         key.hash(&mut h);
         let i = std::hash::Hasher::finish(&h) as usize % WRITE_LOCKS;
         // The guarded data is `()`: a poisoned lock carries no broken state.
-        self.inner.write_locks[i].lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.write_locks[i])
     }
 
     fn is_readable(&self, r: &Slot) -> bool {

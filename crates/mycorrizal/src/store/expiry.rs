@@ -16,12 +16,14 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Mutex, MutexGuard,
+        Mutex,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
 };
 
 use bytes::Bytes;
+
+use crate::sync::lock;
 
 const STRIPES: usize = 8;
 
@@ -38,12 +40,6 @@ fn stripe_of_thread() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! { static INDEX: Cell<usize> = Cell::new(NEXT.fetch_add(1, Relaxed) % STRIPES); }
     INDEX.with(Cell::get)
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the wheel itself is
-/// always left consistent (every mutation is a single push or split), so keep using it.
-fn lock(m: &Mutex<Wheel>) -> MutexGuard<'_, Wheel> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ExpiryIndex {

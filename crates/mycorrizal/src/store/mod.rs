@@ -99,7 +99,7 @@ impl Store {
     /// Creates a bucket, or returns the existing one if it has exactly this configuration.
     /// A different configuration under an existing name is [`StoreError::BucketConflict`].
     pub fn create_bucket(&self, config: BucketConfig) -> Result<Bucket, StoreError> {
-        let mut buckets = self.inner.buckets.write().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = crate::sync::write(&self.inner.buckets);
         if let Some(existing) = buckets.get(config.name()) {
             if existing.config() == &config {
                 return Ok(existing.clone());
@@ -118,7 +118,7 @@ impl Store {
 
     /// The bucket named `name`.
     pub fn bucket(&self, name: &str) -> Result<Bucket, StoreError> {
-        let buckets = self.inner.buckets.read().unwrap_or_else(|p| p.into_inner());
+        let buckets = crate::sync::read(&self.inner.buckets);
         BucketName::new(name)
             .ok()
             .and_then(|n| buckets.get(&n).cloned())
@@ -127,7 +127,7 @@ impl Store {
 
     /// Every bucket, ordered by name.
     pub fn buckets(&self) -> Vec<Bucket> {
-        self.inner.buckets.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        crate::sync::read(&self.inner.buckets).values().cloned().collect()
     }
 
     /// Removes every expired value and every tombstone past its window, in every bucket.

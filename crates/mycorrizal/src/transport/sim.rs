@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -27,6 +27,7 @@ use tokio::{
 };
 
 use super::{BoxFuture, Connection, Incoming, PeerAuth, Transport, TransportError};
+use crate::sync::lock;
 
 /// Knobs of a simulated network.
 #[derive(Debug, Clone)]
@@ -108,10 +109,6 @@ impl LinkState {
             w.wake();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl NetState {
