@@ -413,12 +413,8 @@ impl Membership {
         for (to, id) in out.notices {
             self.send(to, &GossipPayload::YouAreDown(id)).await;
         }
-        let now = Instant::now();
         for (event, after) in out.timers {
-            let seq = self.next_timer;
-            self.next_timer += 1;
-            self.timers.push(Reverse((now + after, seq)));
-            self.timer_events.insert(seq, event);
+            self.arm(event, after);
         }
         let mut rejoined = false;
         for note in &out.notes {
@@ -448,14 +444,19 @@ impl Membership {
                 self.send(to, &GossipPayload::Swim(&data)).await;
             }
             for (event, after) in again.timers {
-                let seq = self.next_timer;
-                self.next_timer += 1;
-                self.timers.push(Reverse((Instant::now() + after, seq)));
-                self.timer_events.insert(seq, event);
+                self.arm(event, after);
             }
         }
         // Suspicion changes raise no notification; compare the whole view after every input.
         self.publish();
+    }
+
+    /// Arms one of foca's timers to fire `after` from now.
+    fn arm(&mut self, event: Timer<MemberId>, after: Duration) {
+        let seq = self.next_timer;
+        self.next_timer += 1;
+        self.timers.push(Reverse((Instant::now() + after, seq)));
+        self.timer_events.insert(seq, event);
     }
 
     async fn send(&self, to: SocketAddr, payload: &GossipPayload<'_>) {
