@@ -7,6 +7,7 @@
 //!
 //! What lives here:
 //! - [`node`]: node identities and the compact tag derived from them.
+//! - [`digest`]: range digests that let replicas find what differs without sending keys.
 //! - [`hlc`]: the hybrid logical clock that versions every write.
 //! - [`placement`]: rendezvous hashing: which nodes own a key, who leads a name.
 //! - [`quorum`]: consistency levels and the outcome of a replicated write.
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod hlc;
 pub mod node;
 pub mod placement;

@@ -13,17 +13,31 @@ use crate::node::NodeId;
 /// The key's half of the score: xxh3 of `len(namespace) || namespace || key`, with the length
 /// as 4 big-endian bytes so `("ab", "c")` and `("a", "bc")` differ.
 pub fn key_hash(namespace: &[u8], key: &[u8]) -> u64 {
-    let mut buf = Vec::with_capacity(4 + namespace.len() + key.len());
-    buf.extend_from_slice(&(namespace.len() as u32).to_be_bytes());
-    buf.extend_from_slice(namespace);
-    buf.extend_from_slice(key);
-    xxh3_64(&buf)
+    let len = 4 + namespace.len() + key.len();
+    // Most keys are short: hash from the stack, not the allocator (this runs on every get).
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    buf[..4].copy_from_slice(&(namespace.len() as u32).to_be_bytes());
+    buf[4..4 + namespace.len()].copy_from_slice(namespace);
+    buf[4 + namespace.len()..].copy_from_slice(key);
+    xxh3_64(buf)
 }
 
 /// The score of `node` for a key whose [`key_hash`] is `key_hash`: xxh3 of the node id seeded
 /// with the key hash.
 pub fn score(key_hash: u64, node: &NodeId) -> u64 {
     xxh3_64_with_seed(node.as_str().as_bytes(), key_hash)
+}
+
+/// Whether `a` ranks before `b` for a key: higher score first, ties broken by node id.
+fn ranks_before(a: (u64, &NodeId), b: (u64, &NodeId)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 /// The `n` members with the highest scores for (`namespace`, `key`), best first. Ties (equal
@@ -34,11 +48,42 @@ pub fn owners<'a>(
     members: impl IntoIterator<Item = &'a NodeId>,
     n: usize,
 ) -> Vec<&'a NodeId> {
-    let kh = key_hash(namespace, key);
-    let mut scored: Vec<(u64, &NodeId)> = members.into_iter().map(|m| (score(kh, m), m)).collect();
+    owners_of_hash(key_hash(namespace, key), members, n)
+}
+
+/// [`owners`] for a key whose [`key_hash`] is already known.
+pub fn owners_of_hash<'a>(
+    key_hash: u64,
+    members: impl IntoIterator<Item = &'a NodeId>,
+    n: usize,
+) -> Vec<&'a NodeId> {
+    let mut scored: Vec<(u64, &NodeId)> =
+        members.into_iter().map(|m| (score(key_hash, m), m)).collect();
     scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(n).map(|(_, m)| m).collect()
+}
+
+/// Whether `node` is among the `n` owners of the key whose [`key_hash`] is `key_hash`, without
+/// allocating: `node` must itself be one of `members` (which must be free of duplicates). Agrees
+/// with [`owners_of_hash`].
+pub fn is_owner<'a>(
+    key_hash: u64,
+    node: &NodeId,
+    members: impl IntoIterator<Item = &'a NodeId>,
+    n: usize,
+) -> bool {
+    let mine = (score(key_hash, node), node);
+    let mut ahead = 0;
+    for m in members {
+        if ranks_before((score(key_hash, m), m), mine) {
+            ahead += 1;
+            if ahead >= n {
+                return false;
+            }
+        }
+    }
+    n > 0
 }
 
 /// The leader for `name` among `members`: the top rendezvous owner in the `leadership`
@@ -97,6 +142,27 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 50, "every member owns something");
+    }
+
+    proptest! {
+        /// The allocation-free membership test agrees with the owner list.
+        #[test]
+        fn is_owner_agrees_with_owners(n in 1usize..12, rf in 1usize..5, key in any::<u64>()) {
+            let members = ids(n);
+            let kh = key_hash(b"b", &key.to_be_bytes());
+            let top = owners_of_hash(kh, &members, rf);
+            for m in &members {
+                prop_assert_eq!(is_owner(kh, m, &members, rf), top.contains(&m));
+            }
+        }
+    }
+
+    #[test]
+    fn long_keys_hash_like_short_ones() {
+        let long = vec![7u8; 1000];
+        let mut buf = vec![0, 0, 0, 1, b'b'];
+        buf.extend_from_slice(&long);
+        assert_eq!(key_hash(b"b", &long), xxh3_64(&buf));
     }
 
     #[test]

@@ -54,12 +54,20 @@ pub struct WriteTally {
     required: usize,
     acks: usize,
     failures: usize,
+    unknown: usize,
 }
 
 impl WriteTally {
     /// A write sent to `replicas` replicas at `consistency`.
     pub fn new(replicas: usize, consistency: Consistency) -> Self {
-        WriteTally { replicas, required: consistency.required(replicas), acks: 0, failures: 0 }
+        Self::needing(replicas, consistency.required(replicas))
+    }
+
+    /// A write sent to `replicas` replicas that needs `required` acknowledgements. A sloppy
+    /// quorum computes `required` from the replication factor and may find fewer replicas to
+    /// send to; `required` above `replicas` can only end `Failed` or `Indeterminate`.
+    pub fn needing(replicas: usize, required: usize) -> Self {
+        WriteTally { replicas, required: required.max(1), acks: 0, failures: 0, unknown: 0 }
     }
 
     /// Acknowledgements needed.
@@ -79,6 +87,13 @@ impl WriteTally {
         self.decided()
     }
 
+    /// Records a replica whose answer will never come but which may have applied the write (a
+    /// timeout, a connection lost after sending); returns the outcome if decided.
+    pub fn unknown(&mut self) -> Option<WriteOutcome> {
+        self.unknown += 1;
+        self.decided()
+    }
+
     /// The outcome at the deadline: whatever has been decided, else `Indeterminate` if any
     /// replica acknowledged, else `Failed` only if every replica certainly failed, otherwise
     /// `Indeterminate` (a replica that did not answer may have applied it).
@@ -94,7 +109,8 @@ impl WriteTally {
         if self.acks >= self.required {
             return Some(WriteOutcome::Succeeded { acks: self.acks });
         }
-        let still_possible = self.replicas - self.failures.min(self.replicas);
+        let answered = (self.failures + self.unknown).min(self.replicas);
+        let still_possible = self.replicas - answered;
         if still_possible < self.required {
             // The requirement cannot be reached any more. Only if every replica certainly
             // refused is the write known not to exist anywhere; a replica that has not
@@ -159,6 +175,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unknown_answers_never_count_as_failures() {
+        let mut t = WriteTally::needing(2, 2);
+        assert_eq!(t.unknown(), Some(WriteOutcome::Indeterminate { acks: 0 }));
+        let mut t = WriteTally::needing(2, 2);
+        t.fail();
+        assert_eq!(t.unknown(), Some(WriteOutcome::Indeterminate { acks: 0 }));
+        let mut t = WriteTally::needing(3, 2);
+        assert_eq!(t.unknown(), None);
+        assert_eq!(t.ack(), None);
+        assert_eq!(t.ack(), Some(WriteOutcome::Succeeded { acks: 2 }));
+        let mut t = WriteTally::needing(1, 2);
+        assert_eq!(t.ack(), Some(WriteOutcome::Indeterminate { acks: 1 }), "too few replicas");
+    }
+
     proptest! {
         /// Whatever the order of answers: Succeeded exactly when acks reach the requirement;
         /// Failed only when every replica refused; anything else is Indeterminate.
@@ -173,6 +204,7 @@ mod tests {
                 if ok { acks += 1; outcome = t.ack(); } else { fails += 1; outcome = t.fail(); }
             }
             let outcome = outcome.unwrap_or_else(|| t.deadline());
+            prop_assert!(fails <= rf);
             match outcome {
                 WriteOutcome::Succeeded { acks: a } => prop_assert!(a >= consistency.required(rf) && a == acks),
                 WriteOutcome::Failed => prop_assert!(acks == 0 && fails == rf),

@@ -4,6 +4,7 @@
 //! This release contains the per-node foundation and the cluster layer's building blocks:
 //! - [`store`]: bounded, versioned, expiring buckets (the engine under the distributed cache);
 //! - [`clock`]: wall-clock sources and the node's hybrid logical clock;
+//! - [`cache`]: the distributed cache: replicated buckets placed by rendezvous hashing;
 //! - [`cluster`]: the node, SWIM membership over sealed gossip, failure detection;
 //! - [`security`]: trust modes, certificates, TLS configurations, sealed gossip;
 //! - [`transport`]: mutual-TLS streams and UDP datagrams, and a deterministic simulated
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // one exception: the coarse clock read in `clock`
 
+pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod security;

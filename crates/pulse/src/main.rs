@@ -1,6 +1,6 @@
 //! `pulse`: the Mycorrizal command line.
 //!
-//! `pulse demo` runs a local workload that shows what the library does, step by step.
+//! `pulse demo` starts a local three-node cluster and shows what the library does, step by step.
 
 mod demo;
 
@@ -16,8 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local workload against a node's store and explain what happens: buckets, reads
-    /// and writes, eviction, byte bounds, TTL expiry, deletes, per-bucket statistics.
+    /// Start a local three-node cluster, run a mixed workload, kill a node and show that no
+    /// acknowledged write was lost, then bring it back and show it caught up.
     Demo(demo::DemoArgs),
 }
 

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     Unauthorized = 6,
     /// The receiver is shutting down.
     ShuttingDown = 7,
+    /// The named bucket is not declared on the receiver (yet).
+    UnknownBucket = 8,
+    /// The receiver refused the content: too large, or versioned too far in the future.
+    Refused = 9,
 }
 
 /// An application message or request body (App channel, always a `Request` frame: a message is

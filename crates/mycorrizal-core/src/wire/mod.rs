@@ -4,8 +4,10 @@
 //! - [`messages`]: prost payloads of system and application frames.
 //! - [`envelope`]: the sealed gossip datagram's layout (the sealing itself needs key material
 //!   and lives in the driver crate's security module).
+//! - [`cache`]: the Cache channel's requests and answers.
 //! - [`membership`]: member identities and the encoding of SWIM (foca) messages.
 
+pub mod cache;
 pub mod envelope;
 pub mod frame;
 pub mod membership;

@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub meta: NodeMeta,
     /// Timeout of a TLS handshake. Bounds 100 ms ..= 60 s. Default 5 s.
     pub handshake_timeout: Duration,
+    /// How the distributed cache replicates, repairs and rebalances.
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl ClusterConfig {
@@ -90,6 +92,7 @@ impl ClusterConfig {
             seed_refresh: Duration::from_secs(10),
             meta: NodeMeta { version: env!("CARGO_PKG_VERSION").to_owned(), ..NodeMeta::default() },
             handshake_timeout: Duration::from_secs(5),
+            cache: crate::cache::CacheConfig::lan(),
         }
     }
 
@@ -98,6 +101,7 @@ impl ClusterConfig {
         ClusterConfig {
             preset: Preset::Wan,
             seed_refresh: Duration::from_secs(30),
+            cache: crate::cache::CacheConfig::wan(),
             ..Self::lan(cluster, node_id, bind)
         }
     }
@@ -123,6 +127,7 @@ impl ClusterConfig {
             Duration::from_millis(100),
             Duration::from_secs(60),
         )?;
+        self.cache.validate()?;
         let probe = mycorrizal_core::wire::membership::MemberId {
             node: self.node_id.clone(),
             addr: self.bind,
@@ -170,7 +175,6 @@ impl ClusterConfig {
         // alive when a stale suspicion timer fires; under 20 % loss that made about one node a
         // minute renew its identity for nothing. Membership sends its own notice instead, only
         // to senders it really holds down (see `membership.rs`).
-        c.notify_down_members = false;
         c.notify_down_members = false;
         c
     }

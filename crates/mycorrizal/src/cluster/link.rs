@@ -231,6 +231,12 @@ impl Links {
         tokio::time::timeout(timeout, serving.wait_for(|n| *n == 0)).await.is_ok()
     }
 
+    /// Stops taking new requests and lets every connection close once its work is done,
+    /// without waiting: for a node being dropped, so no link task outlives it.
+    pub(crate) fn close(&self) {
+        self.shutdown.send_replace(true);
+    }
+
     /// Sends a request to `peer` and waits at most `timeout` for the answer.
     pub(crate) async fn request(
         self: &Arc<Self>,
@@ -288,15 +294,27 @@ impl Links {
                 Some(m) => m.addr,
                 None => break,
             };
-            match self.dial(addr, &peer).await {
+            let failure = match self.dial(addr, &peer).await {
                 Ok(stream) => {
-                    backoff = self.settings.min_backoff;
+                    let opened = tokio::time::Instant::now();
                     let idle = serve(&self, &peer, stream, &mut rx).await;
                     if idle {
                         break;
                     }
+                    // A connection that failed at once counts as a failed dial: redialing
+                    // without a pause would spin (and, under a paused test clock, stop time).
+                    if opened.elapsed() >= Duration::from_secs(1) {
+                        backoff = self.settings.min_backoff;
+                        None
+                    } else {
+                        Some("connection failed at once".to_owned())
+                    }
                 }
-                Err(e) => {
+                Err(e) => Some(e),
+            };
+            match failure {
+                None => {}
+                Some(e) => {
                     tracing::debug!(%peer, error = %e, "dial failed");
                     jitter ^= jitter << 13;
                     jitter ^= jitter >> 7;
@@ -531,6 +549,7 @@ async fn serve_inner(
     let settings = &links.settings;
     let mut shutdown = links.shutdown.subscribe();
     let mut draining = *shutdown.borrow();
+    let mut rx_open = true;
     let unanswered = Arc::new(());
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Writes happen on their own task, so this loop keeps reading while a write waits: two
@@ -549,7 +568,10 @@ async fn serve_inner(
     let mut outq: std::collections::VecDeque<Box<dyn Iterator<Item = Frame> + Send>> =
         std::collections::VecDeque::new();
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(settings.max_in_flight.max(16));
-    let mut pending: HashMap<u64, oneshot::Sender<Result<Bytes, MessagingError>>> = HashMap::new();
+    let mut pending: std::collections::BTreeMap<
+        u64,
+        oneshot::Sender<Result<Bytes, MessagingError>>,
+    > = std::collections::BTreeMap::new();
     let mut next_id: u64 = 1;
     let mut decoder = FrameDecoder::new(DEFAULT_CHUNK_SIZE as u32 * 2);
     let mut reassembler = Reassembler::new(settings.max_message, settings.max_message * 2);
@@ -594,8 +616,10 @@ async fn serve_inner(
                     break true;
                 }
             }
-            request = rx.recv(), if !draining && pending.len() < settings.max_in_flight && outq.len() < 64 => {
-                let Some(o) = request else { break true };
+            request = rx.recv(), if rx_open && !draining && pending.len() < settings.max_in_flight && outq.len() < 64 => {
+                // No queue feeds this connection (the pair already has a link for our
+                // requests): keep serving the peer's requests until idle.
+                let Some(o) = request else { rx_open = false; continue };
                 let id = next_id;
                 next_id += 1;
                 let frames: Vec<Frame> =
@@ -668,7 +692,7 @@ async fn serve_inner(
     if tokio::time::timeout(flush, writer_task).await.is_err() {
         abort.abort();
     }
-    for (_, reply) in pending.drain() {
+    for (_, reply) in std::mem::take(&mut pending) {
         let _ = reply.send(Err(lost("connection closed")));
     }
     outcome

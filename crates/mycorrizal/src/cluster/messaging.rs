@@ -63,9 +63,15 @@ struct Inbox {
 #[derive(Default)]
 pub(crate) struct Registry {
     apps: Mutex<HashMap<String, Arc<Inbox>>>,
+    cache: std::sync::OnceLock<crate::cache::CacheDispatch>,
 }
 
 impl Registry {
+    /// Routes the Cache channel to the node's cache (once, at start).
+    pub(crate) fn set_cache(&self, cache: crate::cache::CacheDispatch) {
+        let _ = self.cache.set(cache);
+    }
+
     fn inbox(&self, name: &str, capacity: usize) -> Arc<Inbox> {
         let mut apps = crate::sync::lock(&self.apps);
         apps.entry(name.to_owned())
@@ -85,6 +91,12 @@ impl Registry {
 
 impl Dispatch for Registry {
     fn dispatch(&self, from: &NodeId, channel: Channel, payload: Bytes, reply: Responder) {
+        if channel == Channel::Cache
+            && let Some(cache) = self.cache.get()
+        {
+            cache.dispatch(from, payload, reply);
+            return;
+        }
         if channel != Channel::App {
             reply.fail(ErrorCode::NoHandler, format!("no handler for channel {channel:?}"));
             return;

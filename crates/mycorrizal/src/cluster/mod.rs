@@ -8,7 +8,7 @@
 mod config;
 mod discovery;
 mod leadership;
-mod link;
+pub(crate) mod link;
 mod membership;
 mod messaging;
 mod node;

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     clock::{Clock, SystemClock},
     security::{Credentials, SecurityError, Trust},
+    store::{Store, StoreConfig},
     transport::{TlsTransport, Transport, TransportError},
 };
 
@@ -149,7 +150,24 @@ impl NodeBuilder {
             registry.clone(),
         );
         let acceptor = tokio::spawn(links.clone().accept_loop());
-        let mut tasks = vec![task, acceptor];
+        let store = Store::with_clock(StoreConfig::new(identity.node.clone()), self.clock.clone());
+        let cache = crate::cache::Runtime::new(
+            identity.node.clone(),
+            self.config.cache.clone(),
+            store.clone(),
+            links.clone(),
+            view_rx.clone(),
+            self.config.dns.is_some() || self.config.seeds.iter().any(|s| *s != advertise),
+        );
+        registry.set_cache(crate::cache::CacheDispatch(Arc::downgrade(&cache)));
+        let sync = tokio::spawn(crate::cache::run_sync(cache.clone()));
+        let placement = tokio::spawn(crate::cache::follow_membership(cache.clone()));
+        let sweep_every = self.config.cache.sweep_interval;
+        let sweeper =
+            tokio::spawn(
+                async move { store.run_sweeper(sweep_every, std::future::pending()).await },
+            );
+        let mut tasks = vec![task, acceptor, sync, placement, sweeper];
         if let Some(dns) = self.config.dns.clone() {
             let discovery = super::discovery::DnsDiscovery::new(dns)?;
             let (commands, every) = (commands_tx.clone(), self.config.seed_refresh);
@@ -179,6 +197,7 @@ impl NodeBuilder {
                 transport,
                 links,
                 registry,
+                cache,
             }),
         })
     }
@@ -201,10 +220,12 @@ struct Inner {
     transport: Arc<dyn Transport>,
     links: Arc<Links>,
     registry: Arc<Registry>,
+    cache: Arc<crate::cache::Runtime>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.links.close();
         for t in crate::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
@@ -272,12 +293,17 @@ impl Node {
         let _ = rx.wait_for(|v| v.live().any(|m| m.id != me)).await;
     }
 
-    /// Stops gracefully within `timeout`: new requests fail with `ShuttingDown`, requests in
+    /// Stops gracefully within `timeout`: first hands every cached key to its owners without
+    /// this node (up to half the time), then new requests fail with `ShuttingDown`, requests in
     /// flight in both directions are finished and links closed, then the node leaves the
     /// cluster (peers see it as left, not failed) and its tasks stop.
     pub async fn shutdown(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        if !self.inner.links.shutdown(timeout).await {
+        if !crate::cache::drain(&self.inner.cache, timeout / 2).await {
+            tracing::warn!(node = %self.id(), "not every cached key reached its new owners before leaving");
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.inner.links.shutdown(remaining).await {
             tracing::warn!(node = %self.id(), "links did not drain in time; closing anyway");
         }
         let (done_tx, done_rx) = oneshot::channel();
@@ -300,6 +326,11 @@ impl Node {
             self.inner.view.clone(),
             &self.inner.registry,
         )
+    }
+
+    /// The distributed cache: declare buckets and read and write them cluster-wide.
+    pub fn cache(&self) -> crate::cache::Cache {
+        crate::cache::Cache::new(self.inner.cache.clone())
     }
 
     /// Streams to peers open now (one per peer this node talks to, normally shared by both

@@ -28,6 +28,17 @@ impl fmt::Debug for ClusterSecret {
 }
 
 impl ClusterSecret {
+    /// A new secret: 32 bytes from the operating system's CSPRNG, as 64 hex characters (the
+    /// form to put in a secret file).
+    pub fn generate() -> String {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .expect("the OS random number generator is available");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Accepts `bytes` as a secret if it is at least 32 bytes long and its estimated entropy is
     /// at least 128 bits. Leading and trailing ASCII whitespace (a newline at the end of a secret
     /// file) is ignored.
@@ -95,6 +106,14 @@ pub fn estimated_entropy_bits(bytes: &[u8]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_secrets_are_accepted_and_differ() {
+        let (a, b) = (ClusterSecret::generate(), ClusterSecret::generate());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        ClusterSecret::new(&a).unwrap();
+    }
 
     #[test]
     fn refuses_short_and_weak_secrets() {

@@ -428,6 +428,23 @@ impl Bucket {
         Ok(WriteOutcome::Applied)
     }
 
+    /// Removes `key` if it still holds the record with `version`, without leaving a tombstone:
+    /// for a replica handing off a key it no longer owns once the owners have it. A write that
+    /// raced in since (a different version) is kept. Returns whether the key was removed.
+    pub fn drop_if_unchanged(&self, key: impl AsRef<[u8]>, version: Timestamp) -> bool {
+        let key = key.as_ref();
+        let _serial = self.write_lock(key);
+        match self.inner.engine.remove_if(key, |r: &Slot| r.version() == version) {
+            Some((_, record)) => {
+                let counters = &self.inner.counters;
+                counters.occupancy(!record.is_tombstone(), entry_size(key, &record) as usize, -1);
+                counters.count(Event::HandedOff);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every record stored now (tombstones and not-yet-reclaimed expired values included), one
     /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
     /// anti-entropy; does not count as reads.
@@ -487,8 +504,9 @@ impl Bucket {
 
     // ----- internals -----
 
-    /// Checks sizes and turns the key into an owned key.
-    fn admit(&self, key: &[u8], value_len: usize) -> Result<Key, StoreError> {
+    /// Checks that a write of `key` with a value of `value_len` bytes would be admitted: the
+    /// key is short enough and the entry fits (see [`Bucket::max_entry_size`]).
+    pub fn check_admissible(&self, key: &[u8], value_len: usize) -> Result<(), StoreError> {
         if key.len() > MAX_KEY_LEN {
             return Err(StoreError::KeyTooLong { len: key.len(), max: MAX_KEY_LEN });
         }
@@ -501,6 +519,12 @@ impl Bucket {
                 max: self.inner.max_entry_size,
             });
         }
+        Ok(())
+    }
+
+    /// Checks sizes and turns the key into an owned key.
+    fn admit(&self, key: &[u8], value_len: usize) -> Result<Key, StoreError> {
+        self.check_admissible(key, value_len)?;
         Ok(Key::from(key))
     }
 

@@ -5,7 +5,7 @@
 
 use std::{fmt, num::NonZeroU64, sync::Arc, time::Duration};
 
-use mycorrizal_core::NodeId;
+use mycorrizal_core::{NodeId, quorum::Consistency};
 
 /// Longest bucket name, in bytes.
 pub const MAX_BUCKET_NAME_LEN: usize = 128;
@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1024 * 1024;
 /// Default tombstone window: one hour.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+/// Default replication factor of a bucket in a cluster: 3 copies of every key.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// Most copies of a key a bucket may ask for.
+pub const MAX_REPLICAS: u32 = 16;
 /// Bounds of the tombstone window.
 pub const TOMBSTONE_TTL_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
@@ -186,11 +190,15 @@ pub struct BucketConfig {
     capacity: Capacity,
     max_entry_size: u64,
     tombstone_ttl: Duration,
+    replicas: u32,
+    read_consistency: Consistency,
+    write_consistency: Consistency,
 }
 
 impl BucketConfig {
     /// Starts a configuration for bucket `name` with the defaults: no default TTL, 64 MiB,
-    /// entries up to 1 MiB, tombstones kept one hour.
+    /// entries up to 1 MiB, tombstones kept one hour; in a cluster 3 replicas, reads at
+    /// `One`, writes at `Quorum`.
     pub fn builder(name: impl Into<String>) -> BucketConfigBuilder {
         BucketConfigBuilder {
             name: name.into(),
@@ -199,6 +207,9 @@ impl BucketConfig {
             max_bytes: None,
             max_entry_size: None,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            replicas: DEFAULT_REPLICAS,
+            read_consistency: Consistency::One,
+            write_consistency: Consistency::Quorum,
         }
     }
 
@@ -230,6 +241,22 @@ impl BucketConfig {
     pub fn tombstone_ttl(&self) -> Duration {
         self.tombstone_ttl
     }
+
+    /// Copies of every key kept in a cluster (fewer while fewer nodes are alive). The local
+    /// store ignores it.
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// Consistency of reads that do not ask for one.
+    pub fn read_consistency(&self) -> Consistency {
+        self.read_consistency
+    }
+
+    /// Consistency of writes that do not ask for one.
+    pub fn write_consistency(&self) -> Consistency {
+        self.write_consistency
+    }
 }
 
 impl fmt::Display for BucketConfig {
@@ -247,8 +274,12 @@ impl fmt::Display for BucketConfig {
         }
         write!(
             f,
-            "max_entry_size: {}, tombstone_ttl: {:?}}}",
-            self.max_entry_size, self.tombstone_ttl
+            "max_entry_size: {}, tombstone_ttl: {:?}, replicas: {}, read: {:?}, write: {:?}}}",
+            self.max_entry_size,
+            self.tombstone_ttl,
+            self.replicas,
+            self.read_consistency,
+            self.write_consistency
         )
     }
 }
@@ -263,9 +294,31 @@ pub struct BucketConfigBuilder {
     max_bytes: Option<u64>,
     max_entry_size: Option<u64>,
     tombstone_ttl: Duration,
+    replicas: u32,
+    read_consistency: Consistency,
+    write_consistency: Consistency,
 }
 
 impl BucketConfigBuilder {
+    /// Copies of every key in a cluster. Bounds: 1 ..= 16. Default: 3.
+    pub fn replicas(mut self, n: u32) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// Consistency of reads that do not ask for one. Default: `One` (the local replica when
+    /// this node holds one).
+    pub fn read_consistency(mut self, c: Consistency) -> Self {
+        self.read_consistency = c;
+        self
+    }
+
+    /// Consistency of writes that do not ask for one. Default: `Quorum`.
+    pub fn write_consistency(mut self, c: Consistency) -> Self {
+        self.write_consistency = c;
+        self
+    }
+
     /// TTL for writes that give none. Bounds: 1 ms ..= 366 days. Default: none (no expiry).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
@@ -312,6 +365,7 @@ impl BucketConfigBuilder {
             TOMBSTONE_TTL_RANGE.0,
             TOMBSTONE_TTL_RANGE.1,
         )?;
+        check_range("replicas", u64::from(self.replicas), 1, u64::from(MAX_REPLICAS))?;
         let max_entries = self
             .max_entries
             .map(|n| check_range("max_entries", n, 1, MAX_MAX_ENTRIES).map(nonzero))
@@ -337,6 +391,9 @@ impl BucketConfigBuilder {
             capacity,
             max_entry_size,
             tombstone_ttl: self.tombstone_ttl,
+            replicas: self.replicas,
+            read_consistency: self.read_consistency,
+            write_consistency: self.write_consistency,
         })
     }
 }
@@ -360,7 +417,12 @@ pub(crate) fn check_duration(
     Ok(value)
 }
 
-fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+pub(crate) fn check_range(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::OutOfRange { field, value, min, max });
     }

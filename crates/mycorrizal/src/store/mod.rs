@@ -33,11 +33,11 @@ use std::{
 };
 
 pub use bucket::{Bucket, ENTRY_OVERHEAD, WriteOutcome};
-pub(crate) use config::check_duration;
 pub use config::{
     BucketConfig, BucketConfigBuilder, BucketName, Capacity, ConfigError, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TOMBSTONE_TTL, MAX_KEY_LEN, MAX_TTL, MIN_TTL, StoreConfig,
 };
+pub(crate) use config::{check_duration, check_range, check_ttl};
 pub use error::StoreError;
 pub use stats::BucketStats;
 
@@ -112,6 +112,24 @@ impl Store {
         }
         let granularity = self.inner.config.expiry_granularity().as_millis() as u64;
         let bucket = Bucket::new(config, self.inner.clock.clone(), granularity)?;
+        buckets.insert(bucket.config().name().clone(), bucket.clone());
+        Ok(bucket)
+    }
+
+    /// Replaces bucket `config.name()` (created if absent) with one configured by `config`,
+    /// carrying over every record the old one holds that the new one admits. Handles to the old
+    /// bucket keep working on the old data; the distributed cache uses this when a conflicting
+    /// earlier declaration wins.
+    pub fn replace_bucket(&self, config: BucketConfig) -> Result<Bucket, StoreError> {
+        let granularity = self.inner.config.expiry_granularity().as_millis() as u64;
+        let bucket = Bucket::new(config, self.inner.clock.clone(), granularity)?;
+        let mut buckets = crate::sync::write(&self.inner.buckets);
+        if let Some(old) = buckets.get(bucket.config().name()) {
+            for (key, record) in old.entries() {
+                // Entries the new bucket refuses (too large for it) are dropped with the old one.
+                let _ = bucket.apply(&key, record);
+            }
+        }
         buckets.insert(bucket.config().name().clone(), bucket.clone());
         Ok(bucket)
     }

@@ -26,6 +26,7 @@ struct Stripe {
     tombstones_purged: AtomicU64,
     rejected: AtomicU64,
     stale_writes: AtomicU64,
+    handed_off: AtomicU64,
     entries: AtomicI64,
     tombstones: AtomicI64,
     bytes: AtomicI64,
@@ -53,6 +54,8 @@ pub(crate) enum Event {
     Rejected,
     /// A replicated write that lost to the version already stored.
     StaleWrite,
+    /// A record dropped after the key's owners confirmed they hold it.
+    HandedOff,
 }
 
 fn stripe_index() -> usize {
@@ -92,6 +95,7 @@ impl Counters {
             Event::TombstonePurged => &s.tombstones_purged,
             Event::Rejected => &s.rejected,
             Event::StaleWrite => &s.stale_writes,
+            Event::HandedOff => &s.handed_off,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -122,6 +126,7 @@ impl Counters {
             st.tombstones_purged += s.tombstones_purged.load(Relaxed);
             st.rejected += s.rejected.load(Relaxed);
             st.stale_writes += s.stale_writes.load(Relaxed);
+            st.handed_off += s.handed_off.load(Relaxed);
             entries += s.entries.load(Relaxed);
             tombstones += s.tombstones.load(Relaxed);
             bytes += s.bytes.load(Relaxed);
@@ -160,6 +165,8 @@ pub struct BucketStats {
     pub rejected: u64,
     /// Replicated writes ignored because a newer version was already stored.
     pub stale_writes: u64,
+    /// Records dropped by this replica after handing the key to its new owners.
+    pub handed_off: u64,
     /// Live values currently stored (including expired ones not yet reclaimed).
     pub entries: u64,
     /// Tombstones currently stored.

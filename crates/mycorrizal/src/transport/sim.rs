@@ -42,6 +42,10 @@ pub struct SimConfig {
     pub stream_buffer: usize,
     /// Datagrams queued at a receiver before further ones are dropped.
     pub datagram_queue: usize,
+    /// Probability that a write on a stream breaks its connection instead (the write and
+    /// everything in flight on that connection is lost, as with a reset): message loss as a
+    /// reliable stream's user sees it. 0.0 ..= 1.0.
+    pub stream_break: f64,
 }
 
 impl SimConfig {
@@ -53,6 +57,7 @@ impl SimConfig {
             datagram_delay: (Duration::from_millis(1), Duration::from_millis(5)),
             stream_buffer: 256 * 1024,
             datagram_queue: 1024,
+            stream_break: 0.0,
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct SimStats {
     pub datagrams_lost: u64,
     /// Dropped by a cut link, a crashed or unknown receiver, or a full queue.
     pub datagrams_blocked: u64,
+    /// Stream writes that broke their connection (see [`SimConfig::stream_break`]).
+    pub stream_breaks: u64,
 }
 
 /// The shared network. Cloning gives another handle to the same network.
@@ -89,6 +96,9 @@ struct NetState {
 struct SimNode {
     id: NodeId,
     alive: bool,
+    /// Bumped on every registration at this address: a crashed node's transport stays dead
+    /// even after a new incarnation takes its address.
+    incarnation: u64,
     accept_tx: mpsc::Sender<Incoming>,
     datagram_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
 }
@@ -112,6 +122,11 @@ impl LinkState {
 }
 
 impl NetState {
+    /// Whether the transport of incarnation `incarnation` at `addr` is the live one.
+    fn current(&self, addr: SocketAddr, incarnation: u64) -> bool {
+        self.nodes.get(&addr).is_some_and(|n| n.alive && n.incarnation == incarnation)
+    }
+
     fn reachable(&self, from: SocketAddr, to: SocketAddr) -> bool {
         let alive = |a| self.nodes.get(&a).is_some_and(|n| n.alive);
         alive(from) && alive(to) && !self.cuts.contains(&(from, to))
@@ -153,11 +168,16 @@ impl SimNetwork {
         let mut st = lock(&self.state);
         let (accept_tx, accept_rx) = mpsc::channel(64);
         let (datagram_tx, datagram_rx) = mpsc::channel(st.config.datagram_queue);
-        st.nodes.insert(addr, SimNode { id: id.clone(), alive: true, accept_tx, datagram_tx });
+        let incarnation = st.nodes.get(&addr).map_or(0, |n| n.incarnation + 1);
+        st.nodes.insert(
+            addr,
+            SimNode { id: id.clone(), alive: true, incarnation, accept_tx, datagram_tx },
+        );
         SimTransport {
             net: self.clone(),
             id,
             addr,
+            incarnation,
             accept_rx: tokio::sync::Mutex::new(accept_rx),
             datagram_rx: tokio::sync::Mutex::new(datagram_rx),
         }
@@ -219,6 +239,11 @@ impl SimNetwork {
         lock(&self.state).config.datagram_loss = p.clamp(0.0, 1.0);
     }
 
+    /// Sets the probability that a stream write breaks its connection.
+    pub fn set_stream_break(&self, p: f64) {
+        lock(&self.state).config.stream_break = p.clamp(0.0, 1.0);
+    }
+
     /// What happened to datagrams so far.
     pub fn stats(&self) -> SimStats {
         lock(&self.state).stats
@@ -230,6 +255,7 @@ pub struct SimTransport {
     net: SimNetwork,
     id: NodeId,
     addr: SocketAddr,
+    incarnation: u64,
     accept_rx: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     datagram_rx: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
 }
@@ -244,6 +270,7 @@ impl std::fmt::Debug for SimTransport {
 struct SimStream {
     inner: DuplexStream,
     link: Arc<LinkState>,
+    net: SimNetwork,
 }
 
 impl SimStream {
@@ -277,6 +304,19 @@ impl AsyncWrite for SimStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
+        {
+            let mut st = lock(&self.net.state);
+            let p = st.config.stream_break;
+            if p > 0.0 && st.rng.unit() < p {
+                st.stats.stream_breaks += 1;
+                drop(st);
+                self.link.break_link();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "simulated message loss",
+                )));
+            }
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -298,6 +338,9 @@ impl Transport for SimTransport {
     ) -> BoxFuture<'a, Result<Connection, TransportError>> {
         Box::pin(async move {
             let mut st = lock(&self.net.state);
+            if !st.current(self.addr, self.incarnation) {
+                return Err(TransportError::Closed);
+            }
             if !(st.reachable(self.addr, addr) && st.reachable(addr, self.addr)) {
                 return Err(TransportError::Unreachable(format!(
                     "{} cannot reach {addr}",
@@ -322,7 +365,11 @@ impl Transport for SimTransport {
             let incoming = Incoming {
                 remote: self.addr,
                 handshake: Box::pin(std::future::ready(Ok(Connection {
-                    stream: Box::new(SimStream { inner: server, link: link.clone() }),
+                    stream: Box::new(SimStream {
+                        inner: server,
+                        link: link.clone(),
+                        net: self.net.clone(),
+                    }),
                     peer: PeerAuth::Simulated(self.id.clone()),
                 }))),
             };
@@ -332,7 +379,7 @@ impl Transport for SimTransport {
                 .map_err(|_| TransportError::Unreachable(format!("{addr} is not accepting")))?;
             st.links.push(link.clone());
             Ok(Connection {
-                stream: Box::new(SimStream { inner: client, link }),
+                stream: Box::new(SimStream { inner: client, link, net: self.net.clone() }),
                 peer: PeerAuth::Simulated(peer.clone()),
             })
         })
@@ -352,7 +399,7 @@ impl Transport for SimTransport {
         Box::pin(async move {
             let (tx, delay) = {
                 let mut st = lock(&self.net.state);
-                if !st.nodes.get(&self.addr).is_some_and(|n| n.alive) {
+                if !st.current(self.addr, self.incarnation) {
                     return Err(TransportError::Closed);
                 }
                 st.stats.datagrams_sent += 1;

@@ -1,0 +1,79 @@
+//! Errors of the distributed cache.
+
+use std::sync::Arc;
+
+use crate::{
+    cluster::MessagingError,
+    store::{BucketConfig, ConfigError, StoreError},
+};
+
+/// Why a cache operation did not succeed. Each variant says whether the operation may have
+/// taken effect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// No bucket of that name is declared. Nothing was done.
+    #[error("no bucket named {name:?} is declared")]
+    UnknownBucket {
+        /// The name asked for.
+        name: String,
+    },
+    /// The bucket configuration was refused. Nothing was declared.
+    #[error("bucket configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The key, value or TTL was refused before anything was sent (too long, too large).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bucket is already declared in the cluster with another configuration. Nothing was
+    /// changed.
+    #[error("bucket {name:?} is already declared as {existing}; refused {requested}")]
+    Conflict {
+        /// The bucket.
+        name: String,
+        /// The configuration the cluster has.
+        existing: Box<BucketConfig>,
+        /// The configuration asked for.
+        requested: Box<BucketConfig>,
+    },
+    /// Fewer replicas are reachable than the consistency level needs. Nothing was sent.
+    #[error("{needed} replicas needed, {reachable} reachable; nothing was written")]
+    Unavailable {
+        /// Replicas the consistency level needs.
+        needed: usize,
+        /// Replicas reachable.
+        reachable: usize,
+    },
+    /// Every replica refused the write: it was applied nowhere.
+    #[error("every replica refused the write: {detail}")]
+    Failed {
+        /// The first refusal.
+        detail: String,
+    },
+    /// Not enough replicas acknowledged in time, but some may have applied the write: it may
+    /// be visible now and may survive. Retrying with the same value is safe.
+    #[error("write indeterminate: {acks} of {needed} acknowledgements; it may have been applied")]
+    Indeterminate {
+        /// Acknowledgements received.
+        acks: usize,
+        /// Acknowledgements needed.
+        needed: usize,
+    },
+    /// A read could not hear from enough replicas.
+    #[error("read needed {needed} replicas, {answered} answered: {detail}")]
+    ReadFailed {
+        /// Replicas needed.
+        needed: usize,
+        /// Replicas that answered.
+        answered: usize,
+        /// The last failure.
+        detail: String,
+    },
+    /// A request to a replica failed (for operations with a single target).
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
+    /// A typed value could not be encoded or decoded.
+    #[error("value codec: {0}")]
+    Codec(String),
+    /// The read-through loader failed; nothing was written.
+    #[error("loader failed: {0}")]
+    Load(Arc<dyn std::error::Error + Send + Sync>),
+}

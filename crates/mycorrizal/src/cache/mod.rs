@@ -1,0 +1,720 @@
+//! The distributed cache (Mycel): named buckets of replicated key/value data.
+//!
+//! Every key of a bucket lives on `replicas` nodes chosen by rendezvous hashing over the live
+//! members ([`mycorrizal_core::placement`]). The node a call is made on coordinates it:
+//!
+//! - **Writes** are versioned with the node's hybrid logical clock and sent to every live
+//!   owner; the call returns once the consistency level's number of owners acknowledged. An
+//!   owner that is down or does not answer gets a *hint* replayed when it is back. A write that
+//!   times out after partial acknowledgements is [`CacheError::Indeterminate`], never reported
+//!   as failed. Expiry is absolute and travels with the record, so replicas expire together.
+//! - **Reads** at `One` use the local replica when this node is an owner (no network at all),
+//!   else the first owner that answers; `Quorum`/`All` ask that many owners, return the newest
+//!   version and repair owners that answered with an older one.
+//! - **Rebalancing and anti-entropy** run in one background task: after every membership
+//!   change (once it has been still for `rebalance_delay`) and every `anti_entropy_interval`,
+//!   each pair of owners compares range digests of what they share and exchanges only what
+//!   differs, and keys this node no longer owns are streamed to their owners and dropped once
+//!   the owners confirmed them. [`Cache::ready`] resolves when a round completed for the
+//!   current membership: the node holds what it owns.
+//!
+//! A bucket is declared once, on any node ([`Cache::create_bucket`]); the declaration reaches
+//! every node, including ones that join later.
+
+mod catalog;
+mod config;
+mod error;
+mod ring;
+mod runtime;
+mod sync;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+pub use config::CacheConfig;
+pub use error::CacheError;
+use mycorrizal_core::{
+    NodeId, Record, Timestamp,
+    placement::key_hash,
+    quorum::{Consistency, WriteOutcome, WriteTally},
+    wire::cache::{
+        CacheOp, CacheReply, Catalog as WireCatalog, Entry, Lease, Read, Release, WireRecord, Write,
+    },
+};
+pub(crate) use runtime::{CacheDispatch, Runtime};
+pub(crate) use sync::{drain, follow_membership, run as run_sync};
+use tokio::sync::mpsc;
+
+use self::{
+    catalog::{BucketState, Merged, decl_of},
+    runtime::certainly_not_applied,
+};
+use crate::{
+    cluster::MessagingError,
+    store::{BucketConfig, BucketStats, check_ttl},
+};
+
+/// Counters of the distributed cache on one node (since it started), for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Writes coordinated here (set, delete, expire).
+    pub writes: u64,
+    /// Of those, ended `Indeterminate`.
+    pub writes_indeterminate: u64,
+    /// Of those, failed or unavailable.
+    pub writes_failed: u64,
+    /// Reads answered from the local replica without the network.
+    pub reads_local: u64,
+    /// Reads that asked other nodes.
+    pub reads_remote: u64,
+    /// Stale replicas repaired by reads.
+    pub read_repairs: u64,
+    /// Hints waiting for their replica.
+    pub hints_pending: u64,
+    /// Bytes held by pending hints.
+    pub hints_pending_bytes: u64,
+    /// Hints ever queued.
+    pub hints_queued: u64,
+    /// Hints delivered.
+    pub hints_replayed: u64,
+    /// Hints dropped (store full, or older than the tombstone window); anti-entropy repairs.
+    pub hints_dropped: u64,
+    /// Sync rounds (rebalancing and anti-entropy) completed.
+    pub sync_rounds: u64,
+    /// Records sent by rebalancing and anti-entropy.
+    pub sync_records_sent: u64,
+    /// Records received by anti-entropy exchanges started here.
+    pub sync_records_received: u64,
+    /// Bytes sent by rebalancing and anti-entropy (after throttling).
+    pub sync_bytes_sent: u64,
+    /// Records dropped here after their new owners confirmed them.
+    pub handed_off: u64,
+    /// Read-through loader calls made on this node.
+    pub loads: u64,
+    /// Placement generation (bumped on every change of live members).
+    pub ring_generation: u64,
+    /// Placement generation of the last completed sync round ([`u64::MAX`]: none yet).
+    pub synced_generation: u64,
+}
+
+/// Options of one write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Acknowledgements to wait for; default: the bucket's write consistency.
+    pub consistency: Option<Consistency>,
+    /// Expiry; default: the bucket's default TTL.
+    pub ttl: Option<Duration>,
+    /// Refuse the write unless the key's *home* owners (computed over every member that has
+    /// not left, down ones included) acknowledge it, instead of accepting substitutes (sloppy
+    /// quorum). For callers that prefer an error to divergence under partition.
+    pub strict: bool,
+}
+
+/// The distributed cache of a node: declares buckets and hands out handles.
+#[derive(Clone)]
+pub struct Cache {
+    rt: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("node", &self.rt.me).finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub(crate) fn new(rt: Arc<Runtime>) -> Self {
+        Cache { rt }
+    }
+
+    /// Declares a bucket cluster-wide, or returns the existing one if it has exactly this
+    /// configuration. A different configuration under the same name (here or on any node
+    /// reachable now) is [`CacheError::Conflict`], naming both. Nodes unreachable now learn
+    /// the declaration when they next sync.
+    pub async fn create_bucket(&self, config: BucketConfig) -> Result<CacheBucket, CacheError> {
+        let rt = &self.rt;
+        let since = rt.store.clock().tick();
+        let state = match rt.catalog.merge(&rt.store, config.clone(), since)? {
+            Merged::Added(s) | Merged::Same(s) => s,
+            Merged::Kept(existing) | Merged::Replaced { new: existing, .. } => {
+                return Err(conflict(&existing.config, config));
+            }
+        };
+        let decl = decl_of(&state.config, state.since);
+        let ring = rt.ring();
+        let mut calls = tokio::task::JoinSet::new();
+        for peer in ring.live.iter().filter(|p| **p != rt.me) {
+            let (rt, decl, peer) = (rt.clone(), decl.clone(), peer.clone());
+            calls.spawn(async move {
+                let op = CacheOp::Catalog(WireCatalog { buckets: vec![decl] });
+                rt.call(&peer, op, rt.config.request_timeout).await
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            if let Ok(Ok(CacheReply::Catalog(theirs))) = done {
+                for d in theirs.buckets.iter().filter(|d| d.name == state.name.as_str()) {
+                    rt.merge_decl(d);
+                }
+            }
+        }
+        let now = rt.catalog.get(state.name.as_str()).unwrap_or(state);
+        if now.config != config {
+            return Err(conflict(&now.config, config));
+        }
+        rt.kick.notify_one();
+        Ok(CacheBucket { rt: rt.clone(), state: now })
+    }
+
+    /// The declared bucket `name`.
+    pub fn bucket(&self, name: &str) -> Result<CacheBucket, CacheError> {
+        let state = self
+            .rt
+            .catalog
+            .get(name)
+            .ok_or_else(|| CacheError::UnknownBucket { name: name.to_owned() })?;
+        Ok(CacheBucket { rt: self.rt.clone(), state })
+    }
+
+    /// Every declared bucket's configuration, ordered by name.
+    pub fn buckets(&self) -> Vec<BucketConfig> {
+        self.rt.catalog.all().iter().map(|b| b.config.clone()).collect()
+    }
+
+    /// Whether this node holds what it owns: a sync round completed for the current
+    /// membership (and, for a node with seeds, after it joined).
+    pub fn is_ready(&self) -> bool {
+        self.rt.is_ready()
+    }
+
+    /// Resolves once [`Cache::is_ready`] holds.
+    pub async fn ready(&self) {
+        let mut synced = self.rt.synced.subscribe();
+        let mut generation = self.rt.generation.subscribe();
+        while !self.is_ready() {
+            tokio::select! {
+                r = synced.changed() => if r.is_err() { return },
+                r = generation.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Counters of this node's cache.
+    pub fn stats(&self) -> CacheStats {
+        self.rt.stats()
+    }
+}
+
+fn conflict(existing: &BucketConfig, requested: BucketConfig) -> CacheError {
+    CacheError::Conflict {
+        name: requested.name().to_string(),
+        existing: Box::new(existing.clone()),
+        requested: Box::new(requested),
+    }
+}
+
+/// A handle to one declared bucket. Cloning is cheap.
+#[derive(Clone)]
+pub struct CacheBucket {
+    rt: Arc<Runtime>,
+    state: Arc<BucketState>,
+}
+
+impl std::fmt::Debug for CacheBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBucket").field("name", &self.state.name).finish_non_exhaustive()
+    }
+}
+
+impl CacheBucket {
+    /// The bucket's state, re-resolved if a conflicting earlier declaration replaced it.
+    fn state(&self) -> Arc<BucketState> {
+        if self.state.is_retired()
+            && let Some(now) = self.rt.catalog.get(self.state.name.as_str())
+        {
+            return now;
+        }
+        self.state.clone()
+    }
+
+    /// The bucket's configuration.
+    pub fn config(&self) -> BucketConfig {
+        self.state().config.clone()
+    }
+
+    /// Counters of this node's replica of the bucket.
+    pub fn stats(&self) -> BucketStats {
+        self.state().local.stats()
+    }
+
+    /// The live owners of `key` as this node sees the membership, best first.
+    pub fn owners(&self, key: impl AsRef<[u8]>) -> Vec<NodeId> {
+        let s = self.state();
+        self.rt.ring().owners(key_hash(s.namespace(), key.as_ref()), s.config.replicas() as usize)
+    }
+
+    /// This node's replica's record of `key` (tombstones and expired values included), without
+    /// the network: for inspection and tests.
+    pub fn local_record(&self, key: impl AsRef<[u8]>) -> Option<Record> {
+        self.state().local.record(key)
+    }
+
+    /// Every record this node's replica holds (tombstones included), for inspection and tests.
+    pub fn local_entries(&self) -> Vec<(Bytes, Record)> {
+        self.state().local.entries().collect()
+    }
+
+    // ----- reads -----
+
+    /// The value of `key` at the bucket's read consistency.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, CacheError> {
+        let s = self.state();
+        self.read(&s, key.as_ref(), s.config.read_consistency()).await
+    }
+
+    /// The value of `key` at `consistency`.
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Option<Bytes>, CacheError> {
+        self.read(&self.state(), key.as_ref(), consistency).await
+    }
+
+    /// The value of `key` decoded from JSON (written by [`CacheBucket::set_as`]).
+    pub async fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, CacheError> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(b) => {
+                serde_json::from_slice(&b).map(Some).map_err(|e| CacheError::Codec(e.to_string()))
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        s: &Arc<BucketState>,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Bytes>, CacheError> {
+        let rt = &self.rt;
+        let rf = s.config.replicas() as usize;
+        let ring = rt.ring();
+        let kh = key_hash(s.namespace(), key);
+        let mine = ring.is_mine(kh, rf);
+        if consistency == Consistency::One {
+            if mine {
+                let v = s.local.get(key);
+                // A node still filling its replica after a membership change asks a peer
+                // before answering "absent".
+                if v.is_some() || *rt.synced.borrow() == ring.generation {
+                    rt.counters.reads_local.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(v);
+                }
+            }
+            rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut last = None;
+            for owner in ring.owners(kh, rf).iter().filter(|o| **o != rt.me) {
+                let op = CacheOp::Read(Read {
+                    bucket: s.name.to_string(),
+                    key: Bytes::copy_from_slice(key),
+                });
+                match rt.call(owner, op, rt.config.request_timeout).await {
+                    Ok(CacheReply::Record(e)) => return Ok(self.live_value(e.record)),
+                    Ok(_) => last = Some("unexpected reply".to_owned()),
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            if mine {
+                return Ok(s.local.get(key));
+            }
+            return Err(CacheError::ReadFailed {
+                needed: 1,
+                answered: 0,
+                detail: last.unwrap_or_else(|| "no owner reachable".into()),
+            });
+        }
+        rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owners = ring.owners(kh, rf);
+        let needed = consistency.required(ring.effective_rf(rf));
+        if owners.len() < needed {
+            return Err(CacheError::Unavailable { needed, reachable: owners.len() });
+        }
+        let key = Bytes::copy_from_slice(key);
+        let (tx, mut rx) = mpsc::channel(owners.len());
+        for owner in owners.iter().cloned() {
+            let (rt, tx) = (rt.clone(), tx.clone());
+            let op = CacheOp::Read(Read { bucket: s.name.to_string(), key: key.clone() });
+            tokio::spawn(async move {
+                let r = rt.call(&owner, op, rt.config.request_timeout).await;
+                let _ = tx.send((owner, r)).await;
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(NodeId, Option<Record>)> = Vec::new();
+        let mut last = String::new();
+        while answers.len() < needed {
+            match rx.recv().await {
+                Some((owner, Ok(CacheReply::Record(e)))) => {
+                    answers.push((owner, e.record.and_then(WireRecord::into_record)));
+                }
+                Some((_, Ok(_))) => last = "unexpected reply".into(),
+                Some((_, Err(e))) => last = e.to_string(),
+                None => break,
+            }
+        }
+        if answers.len() < needed {
+            return Err(CacheError::ReadFailed { needed, answered: answers.len(), detail: last });
+        }
+        let newest = answers.iter().filter_map(|(_, r)| r.clone()).reduce(Record::merge);
+        if let Some(newest) = &newest {
+            for (owner, held) in &answers {
+                if held.as_ref() != Some(newest) {
+                    self.repair(s, owner.clone(), key.clone(), newest.clone());
+                }
+            }
+        }
+        let now = rt.store.clock().now_ms();
+        Ok(newest.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned()))
+    }
+
+    fn live_value(&self, record: Option<WireRecord>) -> Option<Bytes> {
+        let now = self.rt.store.clock().now_ms();
+        record
+            .and_then(WireRecord::into_record)
+            .filter(|r| !r.is_expired(now))
+            .and_then(|r| r.value().cloned())
+    }
+
+    /// Sends `newest` to an owner that answered a read with an older record.
+    fn repair(&self, s: &Arc<BucketState>, owner: NodeId, key: Bytes, newest: Record) {
+        let rt = self.rt.clone();
+        rt.counters.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let op = CacheOp::Write(Write {
+            bucket: s.name.to_string(),
+            entries: vec![Entry { key, record: Some(WireRecord::from(&newest)) }],
+        });
+        tokio::spawn(async move {
+            if let Err(e) = rt.call(&owner, op, rt.config.request_timeout).await {
+                tracing::debug!(owner = %owner, error = %e, "read repair failed; anti-entropy will retry");
+            }
+        });
+    }
+
+    // ----- writes -----
+
+    /// Stores `value` under `key` with the bucket's default TTL and write consistency;
+    /// returns the write's version.
+    pub async fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+    ) -> Result<Timestamp, CacheError> {
+        self.set_with(key, value, WriteOptions::default()).await
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` (1 ms ..= 366 days).
+    pub async fn set_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<Timestamp, CacheError> {
+        self.set_with(key, value, WriteOptions { ttl: Some(ttl), ..WriteOptions::default() }).await
+    }
+
+    /// Stores `value` under `key` with per-call options.
+    pub async fn set_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        options: WriteOptions,
+    ) -> Result<Timestamp, CacheError> {
+        let s = self.state();
+        let record = self.live_record(&s, key.as_ref(), value.into(), options.ttl)?;
+        let version = record.version;
+        self.replicate(&s, Bytes::copy_from_slice(key.as_ref()), record, options).await?;
+        Ok(version)
+    }
+
+    /// Stores `value` encoded as JSON.
+    pub async fn set_as<T: serde::Serialize + ?Sized>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<Timestamp, CacheError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| CacheError::Codec(e.to_string()))?;
+        self.set(key, bytes).await
+    }
+
+    /// Deletes `key`: writes a tombstone kept for the bucket's `tombstone_ttl`, so no replica
+    /// that missed the delete can bring the value back within that window.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
+        self.delete_with(key, WriteOptions::default()).await
+    }
+
+    /// Deletes `key` with per-call options (the TTL is ignored).
+    pub async fn delete_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: WriteOptions,
+    ) -> Result<(), CacheError> {
+        let s = self.state();
+        let key = key.as_ref();
+        s.local.check_admissible(key, 0)?;
+        let version = self.rt.store.clock().tick();
+        let purge_at =
+            version.time.wall_ms().saturating_add(s.config.tombstone_ttl().as_millis() as u64);
+        let record = Record::tombstone(version, purge_at);
+        self.replicate(&s, Bytes::copy_from_slice(key), record, options).await
+    }
+
+    /// Gives the current value of `key` a new TTL counted from now. Returns `false` when the
+    /// key has no value. Read (at the bucket's read consistency) and rewrite are two steps: a
+    /// write racing in between wins or loses by version like any other.
+    pub async fn expire(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<bool, CacheError> {
+        let ttl = check_ttl(ttl)?;
+        let s = self.state();
+        let key = key.as_ref();
+        let Some(value) = self.read(&s, key, s.config.read_consistency()).await? else {
+            return Ok(false);
+        };
+        let record = self.live_record(&s, key, value, Some(ttl))?;
+        self.replicate(&s, Bytes::copy_from_slice(key), record, WriteOptions::default()).await?;
+        Ok(true)
+    }
+
+    fn live_record(
+        &self,
+        s: &BucketState,
+        key: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<Record, CacheError> {
+        s.local.check_admissible(key, value.len())?;
+        let ttl = match ttl {
+            Some(t) => Some(check_ttl(t)?),
+            None => s.config.default_ttl(),
+        };
+        let clock = self.rt.store.clock();
+        let version = clock.tick();
+        let expires_at = ttl.map(|t| clock.now_ms().saturating_add(t.as_millis() as u64));
+        Ok(Record::live(version, value, expires_at))
+    }
+
+    /// Sends `record` to the key's owners and waits for the consistency level's
+    /// acknowledgements.
+    async fn replicate(
+        &self,
+        s: &Arc<BucketState>,
+        key: Bytes,
+        record: Record,
+        options: WriteOptions,
+    ) -> Result<(), CacheError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rt = &self.rt;
+        rt.counters.writes.fetch_add(1, Relaxed);
+        let consistency = options.consistency.unwrap_or(s.config.write_consistency());
+        let rf = s.config.replicas() as usize;
+        let ring = rt.ring();
+        let kh = key_hash(s.namespace(), &key);
+        let needed = consistency.required(ring.effective_rf(rf));
+        let home = ring.home(kh, rf);
+        let targets: Vec<NodeId> = if options.strict {
+            home.iter().filter(|h| ring.is_live(h)).cloned().collect()
+        } else {
+            ring.owners(kh, rf)
+        };
+        if targets.len() < needed {
+            rt.counters.writes_failed.fetch_add(1, Relaxed);
+            return Err(CacheError::Unavailable { needed, reachable: targets.len() });
+        }
+        for h in home.iter().filter(|h| !ring.is_live(h)) {
+            rt.add_hint(h, &s.name, &key, &record);
+        }
+        let mut tally = WriteTally::needing(targets.len(), needed);
+        let mut outcome = None;
+        let mut first_refusal: Option<String> = None;
+        let (tx, mut rx) = mpsc::channel(targets.len());
+        for target in targets {
+            if target == rt.me {
+                outcome = match s.local.apply(&key, record.clone()) {
+                    Ok(_) => tally.ack(),
+                    Err(e) => {
+                        first_refusal.get_or_insert(e.to_string());
+                        tally.fail()
+                    }
+                };
+                continue;
+            }
+            let (rt, tx, key, record, name) =
+                (rt.clone(), tx.clone(), key.clone(), record.clone(), s.name.clone());
+            tokio::spawn(async move {
+                let op = CacheOp::Write(Write {
+                    bucket: name.to_string(),
+                    entries: vec![Entry {
+                        key: key.clone(),
+                        record: Some(WireRecord::from(&record)),
+                    }],
+                });
+                let r = rt.call(&target, op, rt.config.request_timeout).await;
+                if let Err(e) = &r {
+                    let hopeless = matches!(e, MessagingError::Remote { code, .. }
+                        if *code == mycorrizal_core::wire::messages::ErrorCode::Refused
+                            || *code == mycorrizal_core::wire::messages::ErrorCode::BadRequest);
+                    if !hopeless {
+                        rt.add_hint(&target, &name, &key, &record);
+                    }
+                }
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        while outcome.is_none() {
+            outcome = match rx.recv().await {
+                Some(Ok(_)) => tally.ack(),
+                Some(Err(e)) if certainly_not_applied(&e) => {
+                    first_refusal.get_or_insert(e.to_string());
+                    tally.fail()
+                }
+                Some(Err(_)) => tally.unknown(),
+                None => Some(tally.deadline()),
+            };
+        }
+        match outcome.unwrap_or_else(|| tally.deadline()) {
+            WriteOutcome::Succeeded { .. } => Ok(()),
+            WriteOutcome::Failed => {
+                rt.counters.writes_failed.fetch_add(1, Relaxed);
+                Err(CacheError::Failed { detail: first_refusal.unwrap_or_default() })
+            }
+            WriteOutcome::Indeterminate { acks } => {
+                rt.counters.writes_indeterminate.fetch_add(1, Relaxed);
+                Err(CacheError::Indeterminate { acks, needed })
+            }
+        }
+    }
+
+    // ----- read-through -----
+
+    /// The value of `key`, loading it with `loader` and storing it when absent. Concurrent
+    /// misses for one key on any nodes call the loader once: callers on one node share one
+    /// flight, and flights on different nodes take a lease from the key's primary owner, which
+    /// answers the others with the loaded value. If the primary cannot be reached the caller
+    /// loads on its own (a second load is then possible; a lost value is not).
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: impl AsRef<[u8]>,
+        loader: F,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let key = Bytes::copy_from_slice(key.as_ref());
+        if let Some(v) = self.get(&key).await? {
+            return Ok(v);
+        }
+        let s = self.state();
+        let flight = self.rt.flight(&s.name, &key);
+        let result = flight.get_or_init(|| self.load(&s, key.clone(), loader)).await.clone();
+        self.rt.end_flight(&s.name, &key, &flight);
+        result
+    }
+
+    async fn load<F, Fut, E>(
+        &self,
+        s: &Arc<BucketState>,
+        key: Bytes,
+        loader: F,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let rt = &self.rt;
+        let kh = key_hash(s.namespace(), &key);
+        let wait = rt.config.lease_timeout + rt.config.request_timeout;
+        let mut primary_down = false;
+        for _attempt in 0..3 {
+            let ring = rt.ring();
+            let Some(primary) = ring.owners(kh, 1).into_iter().next() else { break };
+            let op = CacheOp::Lease(Lease { bucket: s.name.to_string(), key: key.clone() });
+            match rt.call(&primary, op, wait).await {
+                Ok(CacheReply::Lease(l)) if !l.granted => {
+                    if let Some(v) = self.live_value(l.record) {
+                        return Ok(v);
+                    }
+                }
+                Ok(CacheReply::Lease(_)) => {
+                    return self.load_and_release(s, key, loader, Some(primary)).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(primary = %primary, error = %e, "read-through lease failed");
+                    primary_down = true;
+                    // Membership may be about to replace the primary; give it a moment.
+                    tokio::time::sleep(rt.config.request_timeout / 4).await;
+                }
+            }
+        }
+        if primary_down {
+            tracing::warn!(bucket = %s.name, "no lease from the key's primary; loading without one");
+        }
+        self.load_and_release(s, key, loader, None).await
+    }
+
+    async fn load_and_release<F, Fut, E>(
+        &self,
+        s: &Arc<BucketState>,
+        key: Bytes,
+        loader: F,
+        primary: Option<NodeId>,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let rt = &self.rt;
+        rt.counters.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let loaded = loader().await.map_err(|e| CacheError::Load(Arc::from(e.into())));
+        let written = match &loaded {
+            Ok(v) => match self.live_record(s, &key, v.clone(), None) {
+                Ok(record) => {
+                    match self
+                        .replicate(s, key.clone(), record.clone(), WriteOptions::default())
+                        .await
+                    {
+                        // Indeterminate: some owners have it; the waiters get it from the lease.
+                        Ok(()) | Err(CacheError::Indeterminate { .. }) => Some(record),
+                        Err(e) => {
+                            tracing::warn!(bucket = %s.name, error = %e, "read-through value not stored");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(bucket = %s.name, error = %e, "read-through value not storable");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if let Some(primary) = primary {
+            let op = CacheOp::Release(Release {
+                bucket: s.name.to_string(),
+                key,
+                record: written.as_ref().map(WireRecord::from),
+            });
+            if let Err(e) = rt.call(&primary, op, rt.config.request_timeout).await {
+                tracing::debug!(error = %e, "lease release failed; it expires on its own");
+            }
+        }
+        loaded
+    }
+}

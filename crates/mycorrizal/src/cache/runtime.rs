@@ -1,0 +1,659 @@
+//! The cache's shared state on one node, and the replica side of the Cache channel.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal_core::{
+    NodeId, Record,
+    digest::{RangeDigests, range_of},
+    placement::key_hash,
+    wire::{
+        Channel,
+        cache::{
+            CacheOp, CacheReply, CacheRequest, CacheResponse, Catalog as WireCatalog, Entry,
+            Exchange, KeyVersion, LeaseReply, Mismatched, Versions, WireRecord, Written,
+        },
+        messages::ErrorCode,
+    },
+};
+use prost::Message as _;
+use tokio::sync::{Notify, OnceCell, oneshot, watch};
+
+use super::{
+    CacheError, CacheStats,
+    catalog::{BucketState, Catalog, Merged, config_of},
+    config::CacheConfig,
+    ring::Ring,
+};
+use crate::{
+    cluster::{MembershipView, MessagingError, Responder, link::Links},
+    store::{BucketName, Store, WriteOutcome},
+};
+
+/// Waiters parked on one key's lease before new ones get `Overloaded`.
+const MAX_LEASE_WAITERS: usize = 4096;
+/// Largest `newer` answer to a `Versions` request, bytes.
+const EXCHANGE_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
+pub(crate) type Refusal = (ErrorCode, String);
+
+/// Counters of the distributed cache on one node.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub writes: AtomicU64,
+    pub writes_indeterminate: AtomicU64,
+    pub writes_failed: AtomicU64,
+    pub reads_local: AtomicU64,
+    pub reads_remote: AtomicU64,
+    pub read_repairs: AtomicU64,
+    pub hints_queued: AtomicU64,
+    pub hints_replayed: AtomicU64,
+    pub hints_dropped: AtomicU64,
+    pub sync_rounds: AtomicU64,
+    pub sync_records_sent: AtomicU64,
+    pub sync_records_received: AtomicU64,
+    pub sync_bytes_sent: AtomicU64,
+    pub handed_off: AtomicU64,
+    pub loads: AtomicU64,
+}
+
+pub(crate) struct Hint {
+    pub bucket: BucketName,
+    pub key: Bytes,
+    pub record: Record,
+    size: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Hints {
+    by_node: BTreeMap<NodeId, VecDeque<Hint>>,
+    bytes: u64,
+}
+
+enum LeaseOutcome {
+    Granted,
+    Value(WireRecord),
+}
+
+struct LeaseState {
+    grant: u64,
+    waiters: VecDeque<oneshot::Sender<LeaseOutcome>>,
+}
+
+type FlightKey = (BucketName, Bytes);
+pub(crate) type Flight = Arc<OnceCell<Result<Bytes, CacheError>>>;
+
+pub(crate) struct Runtime {
+    pub me: NodeId,
+    pub config: CacheConfig,
+    /// The node has seeds: it is not ready before it has seen a peer.
+    pub expects_peers: bool,
+    pub store: Store,
+    pub links: Arc<Links>,
+    pub view: watch::Receiver<Arc<MembershipView>>,
+    ring: RwLock<Arc<Ring>>,
+    pub catalog: Catalog,
+    pub hints: Mutex<Hints>,
+    leases: Mutex<HashMap<FlightKey, LeaseState>>,
+    next_grant: AtomicU64,
+    flights: Mutex<HashMap<FlightKey, Flight>>,
+    pub counters: Counters,
+    /// The ring generation this node last finished a sync round for.
+    pub synced: watch::Sender<u64>,
+    /// The current ring generation.
+    pub generation: watch::Sender<u64>,
+    /// Wakes the sync task early.
+    pub kick: Notify,
+    /// When the rebalancing throttle next has budget.
+    throttle: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Runtime {
+    pub fn new(
+        me: NodeId,
+        config: CacheConfig,
+        store: Store,
+        links: Arc<Links>,
+        view: watch::Receiver<Arc<MembershipView>>,
+        expects_peers: bool,
+    ) -> Arc<Self> {
+        let ring = Ring::alone(me.clone());
+        let ring = ring.next(&view.borrow()).unwrap_or(ring);
+        let generation = ring.generation;
+        Arc::new(Runtime {
+            me,
+            config,
+            expects_peers,
+            store,
+            links,
+            view,
+            ring: RwLock::new(Arc::new(ring)),
+            catalog: Catalog::default(),
+            hints: Mutex::new(Hints::default()),
+            leases: Mutex::new(HashMap::new()),
+            next_grant: AtomicU64::new(1),
+            flights: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            synced: watch::channel(u64::MAX).0,
+            generation: watch::channel(generation).0,
+            kick: Notify::new(),
+            throttle: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Whether this node holds what it owns: a sync round completed for the current placement
+    /// (and, when it has seeds, that placement includes a peer).
+    pub fn is_ready(&self) -> bool {
+        let ring = self.ring();
+        *self.synced.borrow() == ring.generation && (!self.expects_peers || ring.live.len() > 1)
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        crate::sync::read(&self.ring).clone()
+    }
+
+    /// Recomputes the ring from the membership; returns whether placement changed.
+    pub fn refresh_ring(&self) -> bool {
+        let view = self.view.borrow().clone();
+        let mut ring = crate::sync::write(&self.ring);
+        match ring.next(&view) {
+            Some(next) => {
+                tracing::debug!(node = %self.me, generation = next.generation, live = next.live.len(), "placement changed");
+                self.generation.send_replace(next.generation);
+                *ring = Arc::new(next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let hints = crate::sync::lock(&self.hints);
+        CacheStats {
+            writes: c.writes.load(Relaxed),
+            writes_indeterminate: c.writes_indeterminate.load(Relaxed),
+            writes_failed: c.writes_failed.load(Relaxed),
+            reads_local: c.reads_local.load(Relaxed),
+            reads_remote: c.reads_remote.load(Relaxed),
+            read_repairs: c.read_repairs.load(Relaxed),
+            hints_pending: hints.by_node.values().map(|q| q.len() as u64).sum(),
+            hints_pending_bytes: hints.bytes,
+            hints_queued: c.hints_queued.load(Relaxed),
+            hints_replayed: c.hints_replayed.load(Relaxed),
+            hints_dropped: c.hints_dropped.load(Relaxed),
+            sync_rounds: c.sync_rounds.load(Relaxed),
+            sync_records_sent: c.sync_records_sent.load(Relaxed),
+            sync_records_received: c.sync_records_received.load(Relaxed),
+            sync_bytes_sent: c.sync_bytes_sent.load(Relaxed),
+            handed_off: c.handed_off.load(Relaxed),
+            loads: c.loads.load(Relaxed),
+            ring_generation: *self.generation.borrow(),
+            synced_generation: *self.synced.borrow(),
+        }
+    }
+
+    /// Waits until the rebalancing budget allows sending `bytes` more.
+    pub async fn throttle(&self, bytes: usize) {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.config.sync_rate as f64);
+        let at = {
+            let mut next = self.throttle.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + cost;
+            start
+        };
+        tokio::time::sleep_until(at).await;
+        self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    // ----- calling replicas -----
+
+    /// Sends `op` to `to` (handled in place when `to` is this node).
+    pub async fn call(
+        self: &Arc<Self>,
+        to: &NodeId,
+        op: CacheOp,
+        timeout: Duration,
+    ) -> Result<CacheReply, MessagingError> {
+        let remote =
+            |(code, message): Refusal| MessagingError::Remote { peer: to.clone(), code, message };
+        if *to == self.me {
+            return match op {
+                CacheOp::Lease(l) => self.lease(l.bucket, l.key).await.map_err(remote),
+                op => self.serve(&self.me.clone(), op).map_err(remote),
+            };
+        }
+        let payload = Bytes::from(CacheRequest { op: Some(op) }.encode_to_vec());
+        let answer = self.links.request(to, Channel::Cache, payload, timeout).await?;
+        CacheResponse::decode(answer)
+            .ok()
+            .and_then(|r| r.reply)
+            .ok_or_else(|| remote((ErrorCode::BadRequest, "malformed cache response".to_owned())))
+    }
+
+    // ----- serving replicas -----
+
+    fn bucket(&self, name: &str) -> Result<Arc<BucketState>, Refusal> {
+        self.catalog
+            .get(name)
+            .ok_or_else(|| (ErrorCode::UnknownBucket, format!("no bucket {name:?} here")))
+    }
+
+    /// Handles every operation that answers at once (all but `Lease`).
+    pub fn serve(self: &Arc<Self>, from: &NodeId, op: CacheOp) -> Result<CacheReply, Refusal> {
+        match op {
+            CacheOp::Catalog(c) => {
+                for d in &c.buckets {
+                    self.merge_decl(d);
+                }
+                Ok(CacheReply::Catalog(WireCatalog { buckets: self.catalog.decls() }))
+            }
+            CacheOp::Write(w) => {
+                let b = self.bucket(&w.bucket)?;
+                let single = w.entries.len() == 1;
+                let mut written = Written::default();
+                for e in w.entries {
+                    let record = e
+                        .record
+                        .and_then(WireRecord::into_record)
+                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed record".to_owned()))?;
+                    match b.local.apply(&e.key, record) {
+                        Ok(WriteOutcome::Applied) => written.applied += 1,
+                        Ok(WriteOutcome::Stale) => written.stale += 1,
+                        Err(err) if single => return Err((ErrorCode::Refused, err.to_string())),
+                        Err(_) => written.refused += 1,
+                    }
+                }
+                Ok(CacheReply::Written(written))
+            }
+            CacheOp::Read(r) => {
+                let b = self.bucket(&r.bucket)?;
+                let record = b.local.record(&r.key).map(|r| WireRecord::from(&r));
+                Ok(CacheReply::Record(Entry { key: r.key, record }))
+            }
+            CacheOp::Digests(d) => {
+                let b = self.bucket(&d.bucket)?;
+                let theirs =
+                    RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
+                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
+                let ring = self.ring();
+                let ours = self.digests_for(&b, &ring, from);
+                Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
+            }
+            CacheOp::Versions(v) => {
+                let b = self.bucket(&v.bucket)?;
+                Ok(CacheReply::Exchange(self.exchange(&b, from, v)))
+            }
+            CacheOp::Release(r) => {
+                let b = self.bucket(&r.bucket)?;
+                let record = match r.record {
+                    Some(w) => {
+                        Some(w.clone().into_record().map(|rec| (w, rec)).ok_or_else(|| {
+                            (ErrorCode::BadRequest, "malformed record".to_owned())
+                        })?)
+                    }
+                    None => None,
+                };
+                if let Some((_, rec)) = &record {
+                    // Best effort: the waiters get the record from the answer anyway.
+                    let _ = b.local.apply(&r.key, rec.clone());
+                }
+                self.release(b.name.clone(), r.key, record.map(|(w, _)| w));
+                Ok(CacheReply::Written(Written::default()))
+            }
+            CacheOp::Lease(_) => Err((ErrorCode::BadRequest, "lease must be awaited".to_owned())),
+        }
+    }
+
+    pub fn merge_decl(&self, d: &mycorrizal_core::wire::cache::BucketDecl) -> Option<Merged> {
+        let (config, since) = match config_of(d) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(bucket = %d.name, error = %e, "refused a bucket declaration");
+                return None;
+            }
+        };
+        // A declaration made here after seeing this one must order after it.
+        if let Err(e) = self.store.clock().observe(since.time) {
+            tracing::warn!(bucket = %d.name, error = %e, "refused a bucket declaration from the future");
+            return None;
+        }
+        match self.catalog.merge(&self.store, config, since) {
+            Ok(m) => {
+                match &m {
+                    Merged::Added(b) => {
+                        tracing::info!(node = %self.me, bucket = %b.name, "bucket declared");
+                        self.kick.notify_one();
+                    }
+                    Merged::Replaced { old, new } => {
+                        tracing::warn!(bucket = %new.name, lost = %old.config, won = %new.config,
+                            "conflicting declarations: the earlier one wins");
+                    }
+                    Merged::Same(_) | Merged::Kept(_) => {}
+                }
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %d.name, error = %e, "could not create a declared bucket");
+                None
+            }
+        }
+    }
+
+    /// Range digests of the records this node holds that `peer` and this node both own.
+    pub fn digests_for(&self, b: &BucketState, ring: &Ring, peer: &NodeId) -> RangeDigests {
+        let rf = b.config.replicas() as usize;
+        let now = self.store.clock().now_ms();
+        let mut d = RangeDigests::default();
+        if !ring.is_live(peer) {
+            return d;
+        }
+        for (key, rec) in b.local.entries() {
+            if rec.is_expired(now) {
+                continue;
+            }
+            let kh = key_hash(b.namespace(), &key);
+            if ring.both_own(kh, rf, &self.me, peer) {
+                d.add(kh, rec.version, rec.is_tombstone());
+            }
+        }
+        d
+    }
+
+    /// Answers a peer's versions: which it should send us, and what we hold that it lacks.
+    fn exchange(&self, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
+        let now = self.store.clock().now_ms();
+        let mut need = Vec::new();
+        let mut theirs: HashMap<Bytes, KeyVersion> = HashMap::with_capacity(v.versions.len());
+        for (i, kv) in v.versions.into_iter().enumerate() {
+            let held = b.local.record(&kv.key);
+            let behind = match &held {
+                None => true,
+                Some(r) => (r.version.time.to_raw(), r.version.node.0) < (kv.time, kv.node),
+            };
+            if behind {
+                need.push(i as u32);
+            }
+            if !v.handoff {
+                theirs.insert(kv.key.clone(), kv);
+            }
+        }
+        let mut reply = Exchange { need, newer: Vec::new(), more: false };
+        if v.handoff {
+            return reply;
+        }
+        let ranges: std::collections::HashSet<u32> = v.ranges.into_iter().collect();
+        let ring = self.ring();
+        let rf = b.config.replicas() as usize;
+        let mut bytes = 0;
+        for (key, rec) in b.local.entries() {
+            if rec.is_expired(now) {
+                continue;
+            }
+            let kh = key_hash(b.namespace(), &key);
+            if !ranges.contains(&range_of(kh)) || !ring.both_own(kh, rf, &self.me, from) {
+                continue;
+            }
+            let ahead = theirs.get(&key).is_none_or(|kv| {
+                (kv.time, kv.node) < (rec.version.time.to_raw(), rec.version.node.0)
+            });
+            if ahead {
+                let size = key.len() + rec.value().map_or(0, Bytes::len) + 32;
+                if bytes + size > EXCHANGE_REPLY_BYTES && !reply.newer.is_empty() {
+                    reply.more = true;
+                    break;
+                }
+                bytes += size;
+                reply.newer.push(Entry { record: Some(WireRecord::from(&rec)), key });
+            }
+        }
+        reply
+    }
+
+    // ----- hints -----
+
+    /// Keeps `record` for `to`, to replay when it is reachable again. Returns false (and counts
+    /// a dropped hint) when the hint store is full; anti-entropy repairs the replica then.
+    pub fn add_hint(&self, to: &NodeId, bucket: &BucketName, key: &Bytes, record: &Record) -> bool {
+        let size = (key.len() + record.value().map_or(0, Bytes::len) + 64) as u64;
+        let mut hints = crate::sync::lock(&self.hints);
+        if hints.bytes + size > self.config.hint_capacity {
+            drop(hints);
+            self.counters.hints_dropped.fetch_add(1, Relaxed);
+            tracing::warn!(node = %self.me, to = %to, "hint store full; leaving the replica to anti-entropy");
+            return false;
+        }
+        hints.bytes += size;
+        hints.by_node.entry(to.clone()).or_default().push_back(Hint {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            record: record.clone(),
+            size,
+        });
+        self.counters.hints_queued.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Takes up to `max` hints for `to`.
+    pub fn take_hints(&self, to: &NodeId, max: usize) -> Vec<Hint> {
+        let mut hints = crate::sync::lock(&self.hints);
+        let Some(q) = hints.by_node.get_mut(to) else { return Vec::new() };
+        let n = q.len().min(max);
+        let taken: Vec<Hint> = q.drain(..n).collect();
+        if q.is_empty() {
+            hints.by_node.remove(to);
+        }
+        hints.bytes -= taken.iter().map(|h| h.size).sum::<u64>();
+        taken
+    }
+
+    /// Puts back hints that could not be delivered, at the front.
+    pub fn return_hints(&self, to: &NodeId, back: Vec<Hint>) {
+        let mut hints = crate::sync::lock(&self.hints);
+        hints.bytes += back.iter().map(|h| h.size).sum::<u64>();
+        let q = hints.by_node.entry(to.clone()).or_default();
+        for h in back.into_iter().rev() {
+            q.push_front(h);
+        }
+    }
+
+    pub fn hinted_nodes(&self) -> Vec<NodeId> {
+        crate::sync::lock(&self.hints).by_node.keys().cloned().collect()
+    }
+
+    /// Drops hints older than their bucket's tombstone window: replaying them later could
+    /// bring back a value whose delete has been forgotten.
+    pub fn expire_hints(&self, now_ms: u64) {
+        let mut hints = crate::sync::lock(&self.hints);
+        let mut dropped = 0;
+        let mut freed = 0;
+        for q in hints.by_node.values_mut() {
+            q.retain(|h| {
+                let window = self
+                    .catalog
+                    .get(h.bucket.as_str())
+                    .map_or(0, |b| b.config.tombstone_ttl().as_millis() as u64);
+                let keep = h.record.version.time.wall_ms().saturating_add(window) > now_ms;
+                if !keep {
+                    dropped += 1;
+                    freed += h.size;
+                }
+                keep
+            });
+        }
+        hints.by_node.retain(|_, q| !q.is_empty());
+        hints.bytes -= freed;
+        drop(hints);
+        self.counters.hints_dropped.fetch_add(dropped, Relaxed);
+    }
+
+    // ----- read-through leases (on the key's primary owner) -----
+
+    /// Grants the lease on a key to the caller, or waits for the holder to finish and answers
+    /// with what it loaded.
+    pub async fn lease(
+        self: &Arc<Self>,
+        bucket: String,
+        key: Bytes,
+    ) -> Result<CacheReply, Refusal> {
+        let b = self.bucket(&bucket)?;
+        let now = self.store.clock().now_ms();
+        let live = |r: &Record| !r.is_tombstone() && !r.is_expired(now);
+        let waiting = {
+            let mut leases = crate::sync::lock(&self.leases);
+            if let Some(r) = b.local.record(&key).filter(live) {
+                return Ok(lease_value(&r));
+            }
+            match leases.get_mut(&(b.name.clone(), key.clone())) {
+                None => {
+                    let grant = self.next_grant.fetch_add(1, Relaxed);
+                    leases.insert(
+                        (b.name.clone(), key.clone()),
+                        LeaseState { grant, waiters: VecDeque::new() },
+                    );
+                    self.arm_lease_timer(b.name.clone(), key.clone(), grant);
+                    return Ok(CacheReply::Lease(LeaseReply { granted: true, record: None }));
+                }
+                Some(state) if state.waiters.len() >= MAX_LEASE_WAITERS => {
+                    return Err((
+                        ErrorCode::Overloaded,
+                        "too many callers wait for this key".into(),
+                    ));
+                }
+                Some(state) => {
+                    let (tx, rx) = oneshot::channel();
+                    state.waiters.push_back(tx);
+                    rx
+                }
+            }
+        };
+        match waiting.await {
+            Ok(LeaseOutcome::Granted) => {
+                Ok(CacheReply::Lease(LeaseReply { granted: true, record: None }))
+            }
+            Ok(LeaseOutcome::Value(w)) => {
+                Ok(CacheReply::Lease(LeaseReply { granted: false, record: Some(w) }))
+            }
+            Err(_) => Err((ErrorCode::HandlerFailed, "lease table dropped".into())),
+        }
+    }
+
+    fn arm_lease_timer(self: &Arc<Self>, bucket: BucketName, key: Bytes, grant: u64) {
+        let rt = Arc::downgrade(self);
+        let after = self.config.lease_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(rt) = rt.upgrade() {
+                rt.expire_lease(bucket, key, grant);
+            }
+        });
+    }
+
+    fn expire_lease(self: &Arc<Self>, bucket: BucketName, key: Bytes, grant: u64) {
+        let current =
+            crate::sync::lock(&self.leases).get(&(bucket.clone(), key.clone())).map(|s| s.grant);
+        if current == Some(grant) {
+            tracing::warn!(node = %self.me, bucket = %bucket, "read-through lease expired; passing it on");
+            self.release(bucket, key, None);
+        }
+    }
+
+    /// Ends the current lease: hands the loaded record to every waiter, or, if the load failed,
+    /// grants the lease to the next waiter still listening.
+    pub fn release(self: &Arc<Self>, bucket: BucketName, key: Bytes, record: Option<WireRecord>) {
+        let mut leases = crate::sync::lock(&self.leases);
+        let fk = (bucket.clone(), key.clone());
+        let Some(state) = leases.get_mut(&fk) else { return };
+        if let Some(w) = record {
+            for waiter in state.waiters.drain(..) {
+                let _ = waiter.send(LeaseOutcome::Value(w.clone()));
+            }
+            leases.remove(&fk);
+            return;
+        }
+        while let Some(next) = state.waiters.pop_front() {
+            if next.send(LeaseOutcome::Granted).is_ok() {
+                let grant = self.next_grant.fetch_add(1, Relaxed);
+                state.grant = grant;
+                drop(leases);
+                self.arm_lease_timer(bucket, key, grant);
+                return;
+            }
+        }
+        leases.remove(&fk);
+    }
+
+    // ----- single flight on this node -----
+
+    pub fn flight(&self, bucket: &BucketName, key: &Bytes) -> Flight {
+        crate::sync::lock(&self.flights)
+            .entry((bucket.clone(), key.clone()))
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone()
+    }
+
+    pub fn end_flight(&self, bucket: &BucketName, key: &Bytes, flight: &Flight) {
+        let mut flights = crate::sync::lock(&self.flights);
+        let fk = (bucket.clone(), key.clone());
+        if flights.get(&fk).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(&fk);
+        }
+    }
+}
+
+fn lease_value(r: &Record) -> CacheReply {
+    CacheReply::Lease(LeaseReply { granted: false, record: Some(WireRecord::from(r)) })
+}
+
+/// Routes Cache-channel requests to the node's cache (held weakly: the cache owns the links
+/// that own this dispatcher).
+pub(crate) struct CacheDispatch(pub Weak<Runtime>);
+
+impl CacheDispatch {
+    pub fn dispatch(&self, from: &NodeId, payload: Bytes, reply: Responder) {
+        let Some(rt) = self.0.upgrade() else {
+            reply.fail(ErrorCode::ShuttingDown, "cache stopped");
+            return;
+        };
+        let Some(op) = CacheRequest::decode(payload).ok().and_then(|r| r.op) else {
+            reply.fail(ErrorCode::BadRequest, "malformed cache request");
+            return;
+        };
+        let answer = |r: Result<CacheReply, Refusal>, reply: Responder| match r {
+            Ok(a) => reply.respond(Bytes::from(CacheResponse { reply: Some(a) }.encode_to_vec())),
+            Err((code, message)) => reply.fail(code, message),
+        };
+        match op {
+            // Waits for another loader, or walks a whole bucket: off the link's reader.
+            CacheOp::Lease(l) => {
+                tokio::spawn(async move { answer(rt.lease(l.bucket, l.key).await, reply) });
+            }
+            op @ (CacheOp::Digests(_) | CacheOp::Versions(_)) => {
+                let from = from.clone();
+                // Plain task, not spawn_blocking: under a simulation's paused clock a blocking
+                // thread would let virtual time run ahead of the work.
+                tokio::spawn(async move { answer(rt.serve(&from, op), reply) });
+            }
+            op => answer(rt.serve(from, op), reply),
+        }
+    }
+}
+
+/// Whether a failed request certainly did nothing at the replica.
+pub(crate) fn certainly_not_applied(e: &MessagingError) -> bool {
+    matches!(
+        e,
+        MessagingError::UnknownPeer(_)
+            | MessagingError::Overloaded(_)
+            | MessagingError::ShuttingDown
+            | MessagingError::Remote { .. }
+    )
+}

@@ -1,0 +1,498 @@
+//! Rebalancing, anti-entropy and hint replay: the cache's one background task per node.
+//!
+//! A *round* brings this node's replicas in line with the current placement:
+//!
+//! 1. Catalogs are exchanged with every live peer, so every node knows every bucket.
+//! 2. For each bucket and each live peer, range digests of the keys both own are compared
+//!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
+//!    the peer answers with the keys it needs and the records it holds newer. Only differences
+//!    move. A node that just joined holds nothing, so every shared range differs and it pulls
+//!    what it owns from each peer.
+//! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
+//!    the records they lack are sent, and the key is dropped only once every owner confirmed
+//!    it holds that version or newer.
+//!
+//! Rounds run after membership has been still for `rebalance_delay`, every
+//! `anti_entropy_interval`, and when a bucket is declared. All sending goes through one
+//! throttle (`sync_rate`). A round that reached every peer for an unchanged placement marks the
+//! node ready.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal_core::{
+    NodeId, Record,
+    digest::range_of,
+    placement::key_hash,
+    wire::cache::{
+        CacheOp, CacheReply, Catalog as WireCatalog, Digests, Entry, KeyVersion, RangeSummary,
+        Versions, WireRecord, Write,
+    },
+};
+
+use super::{catalog::BucketState, ring::Ring, runtime::Runtime};
+
+/// Largest batch of versions in one message, bytes (versions are small: key plus 17 bytes).
+const VERSIONS_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Entries walked between yields, so a large bucket does not hold a worker thread.
+const YIELD_EVERY: usize = 4096;
+/// Hints replayed per message.
+const HINT_BATCH: usize = 256;
+
+/// The sync task: runs until the node stops (it is aborted with the node's other tasks).
+pub(crate) async fn run(rt: Arc<Runtime>) {
+    let mut view = rt.view.clone();
+    let mut ae = tokio::time::interval(rt.config.anti_entropy_interval);
+    ae.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hints = tokio::time::interval(rt.config.hint_replay_interval);
+    hints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = true;
+    // Progress towards readiness for one placement generation: peers fully exchanged with
+    // (in any round since the generation began) and whether the hand-off completed.
+    let mut progress: (u64, BTreeSet<NodeId>, bool) = (u64::MAX, BTreeSet::new(), false);
+    loop {
+        if due {
+            due = false;
+            rt.refresh_ring();
+            let ring = rt.ring();
+            let result = round(&rt, &ring).await;
+            rt.counters.sync_rounds.fetch_add(1, Relaxed);
+            rt.refresh_ring();
+            if rt.ring().generation == ring.generation {
+                if progress.0 != ring.generation {
+                    progress = (ring.generation, BTreeSet::new(), false);
+                }
+                progress.1.extend(result.synced);
+                progress.2 |= result.handed_off;
+                let everyone =
+                    ring.live.iter().filter(|p| **p != rt.me).all(|p| progress.1.contains(p));
+                if everyone && progress.2 {
+                    rt.synced.send_replace(ring.generation);
+                }
+            }
+            if *rt.synced.borrow() != rt.ring().generation {
+                // Something was unreachable or placement moved under us: go again soon.
+                due = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(rt.config.hint_replay_interval) => {}
+                    _ = view.changed() => {}
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Let a burst of changes settle, then rebalance once.
+                loop {
+                    let still = tokio::time::sleep(rt.config.rebalance_delay);
+                    tokio::select! {
+                        _ = still => break,
+                        c = view.changed() => if c.is_err() { return },
+                    }
+                }
+                due = rt.refresh_ring() || due;
+                replay_hints(&rt).await;
+            }
+            _ = ae.tick() => due = true,
+            _ = rt.kick.notified() => due = true,
+            _ = hints.tick() => replay_hints(&rt).await,
+        }
+    }
+}
+
+/// Keeps placement in step with membership at once (rounds wait for membership to settle;
+/// placement of new writes must not).
+pub(crate) async fn follow_membership(rt: Arc<Runtime>) {
+    let mut view = rt.view.clone();
+    while view.changed().await.is_ok() {
+        rt.refresh_ring();
+    }
+}
+
+/// What one round achieved: the peers every exchange succeeded with, and whether every key
+/// this node no longer owns was confirmed by its owners.
+struct RoundResult {
+    synced: BTreeSet<NodeId>,
+    handed_off: bool,
+}
+
+/// One round over every bucket and peer.
+async fn round(rt: &Arc<Runtime>, ring: &Ring) -> RoundResult {
+    let peers: Vec<NodeId> = ring.live.iter().filter(|p| **p != rt.me).cloned().collect();
+    let mut failed = BTreeSet::new();
+    for peer in &peers {
+        let op = CacheOp::Catalog(WireCatalog { buckets: rt.catalog.decls() });
+        match rt.call(peer, op, rt.config.request_timeout).await {
+            Ok(CacheReply::Catalog(theirs)) => {
+                for d in &theirs.buckets {
+                    rt.merge_decl(d);
+                }
+            }
+            Ok(_) => {
+                failed.insert(peer.clone());
+            }
+            Err(e) => {
+                tracing::debug!(node = %rt.me, peer = %peer, error = %e, "catalog exchange failed");
+                failed.insert(peer.clone());
+            }
+        }
+    }
+    let mut handed_off = true;
+    for bucket in rt.catalog.all() {
+        handed_off &= sync_bucket(rt, ring, &bucket, &peers, &mut failed).await;
+    }
+    RoundResult { synced: peers.into_iter().filter(|p| !failed.contains(p)).collect(), handed_off }
+}
+
+/// Brings one bucket in line with `ring` against every peer; adds the peers an exchange failed
+/// with to `failed` and returns whether the hand-off completed.
+async fn sync_bucket(
+    rt: &Arc<Runtime>,
+    ring: &Ring,
+    b: &Arc<BucketState>,
+    peers: &[NodeId],
+    failed: &mut BTreeSet<NodeId>,
+) -> bool {
+    for peer in peers {
+        let digests = rt.digests_for(b, ring, peer);
+        tokio::task::yield_now().await;
+        let op = CacheOp::Digests(Digests {
+            bucket: b.name.to_string(),
+            ranges: digests
+                .nonempty()
+                .map(|(range, digest, count)| RangeSummary { range, digest, count })
+                .collect(),
+        });
+        let mismatched = match rt.call(peer, op, rt.config.request_timeout).await {
+            Ok(CacheReply::Mismatched(m)) => m.ranges,
+            Ok(_) => {
+                failed.insert(peer.clone());
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(node = %rt.me, peer = %peer, error = %e, "digest exchange failed");
+                failed.insert(peer.clone());
+                continue;
+            }
+        };
+        if !mismatched.is_empty() && !reconcile(rt, ring, b, peer, &mismatched).await {
+            failed.insert(peer.clone());
+        }
+    }
+    hand_off(rt, ring, b, None).await
+}
+
+/// This node's versions of keys shared with `peer` in `ranges`, grouped by range.
+async fn versions_in(
+    rt: &Runtime,
+    ring: &Ring,
+    b: &BucketState,
+    peer: &NodeId,
+    ranges: &[u32],
+) -> BTreeMap<u32, Vec<KeyVersion>> {
+    let wanted: std::collections::HashSet<u32> = ranges.iter().copied().collect();
+    let rf = b.config.replicas() as usize;
+    let now = rt.store.clock().now_ms();
+    let mut by_range: BTreeMap<u32, Vec<KeyVersion>> =
+        ranges.iter().map(|r| (*r, Vec::new())).collect();
+    for (i, (key, rec)) in b.local.entries().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+        if rec.is_expired(now) {
+            continue;
+        }
+        let kh = key_hash(b.namespace(), &key);
+        let r = range_of(kh);
+        if wanted.contains(&r) && ring.both_own(kh, rf, &rt.me, peer) {
+            by_range.entry(r).or_default().push(version_of(key, &rec));
+        }
+    }
+    // The engine iterates in hash order; sorted, a simulation replays exactly from its seed.
+    for versions in by_range.values_mut() {
+        versions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    }
+    by_range
+}
+
+fn version_of(key: Bytes, rec: &Record) -> KeyVersion {
+    KeyVersion {
+        key,
+        time: rec.version.time.to_raw(),
+        node: rec.version.node.0,
+        tombstone: rec.is_tombstone(),
+    }
+}
+
+/// Compares mismatched ranges key by key with `peer`: pulls what it holds newer, pushes what
+/// it needs.
+async fn reconcile(
+    rt: &Arc<Runtime>,
+    ring: &Ring,
+    b: &Arc<BucketState>,
+    peer: &NodeId,
+    mismatched: &[u32],
+) -> bool {
+    let by_range = versions_in(rt, ring, b, peer, mismatched).await;
+    // Batch whole ranges up to the message budget.
+    let mut batches: Vec<(Vec<u32>, Vec<KeyVersion>)> = vec![(Vec::new(), Vec::new())];
+    let mut size = 0;
+    for (range, versions) in by_range {
+        let bytes: usize = versions.iter().map(|v| v.key.len() + 24).sum();
+        let last = batches.last_mut().expect("never empty");
+        if size + bytes > VERSIONS_BATCH_BYTES && !last.0.is_empty() {
+            batches.push((Vec::new(), Vec::new()));
+            size = 0;
+        }
+        size += bytes;
+        let last = batches.last_mut().expect("never empty");
+        last.0.push(range);
+        last.1.extend(versions);
+    }
+    for (ranges, versions) in batches {
+        if ranges.is_empty() {
+            continue;
+        }
+        let mut versions = versions;
+        loop {
+            let op = CacheOp::Versions(Versions {
+                bucket: b.name.to_string(),
+                ranges: ranges.clone(),
+                versions: versions.clone(),
+                handoff: false,
+            });
+            let ex = match rt.call(peer, op, rt.config.request_timeout * 4).await {
+                Ok(CacheReply::Exchange(ex)) => ex,
+                Ok(_) => return false,
+                Err(e) => {
+                    tracing::debug!(node = %rt.me, peer = %peer, error = %e, "version exchange failed");
+                    return false;
+                }
+            };
+            let mut received = 0;
+            for e in &ex.newer {
+                if let Some(rec) = e.record.clone().and_then(WireRecord::into_record)
+                    && b.local.apply(&e.key, rec).is_ok()
+                {
+                    received += 1;
+                }
+            }
+            rt.counters.sync_records_received.fetch_add(received, Relaxed);
+            let needed: Vec<Bytes> = ex
+                .need
+                .iter()
+                .filter_map(|&i| versions.get(i as usize).map(|v| v.key.clone()))
+                .collect();
+            if !push(rt, b, peer, &needed).await {
+                return false;
+            }
+            if !ex.more {
+                break;
+            }
+            // The peer cut its answer short: what it sent is now ours, ask again.
+            let refreshed = versions_in(rt, ring, b, peer, &ranges).await;
+            versions = refreshed.into_values().flatten().collect();
+        }
+    }
+    true
+}
+
+/// Sends this node's current records of `keys` to `peer`, in throttled batches. Returns whether
+/// every batch was acknowledged.
+async fn push(rt: &Arc<Runtime>, b: &BucketState, peer: &NodeId, keys: &[Bytes]) -> bool {
+    let mut batch: Vec<Entry> = Vec::new();
+    let mut size = 0;
+    let mut i = 0;
+    while i <= keys.len() {
+        let flush = i == keys.len() || size >= rt.config.sync_batch_bytes;
+        if flush && !batch.is_empty() {
+            rt.throttle(size).await;
+            let n = batch.len() as u64;
+            let op = CacheOp::Write(Write {
+                bucket: b.name.to_string(),
+                entries: std::mem::take(&mut batch),
+            });
+            match rt.call(peer, op, rt.config.request_timeout * 4).await {
+                Ok(CacheReply::Written(_)) => {
+                    rt.counters.sync_records_sent.fetch_add(n, Relaxed);
+                }
+                Ok(_) => return false,
+                Err(e) => {
+                    tracing::debug!(node = %rt.me, peer = %peer, error = %e, "sync push failed");
+                    return false;
+                }
+            }
+            size = 0;
+        }
+        if i == keys.len() {
+            break;
+        }
+        if let Some(rec) = b.local.record(&keys[i]) {
+            size += keys[i].len() + rec.value().map_or(0, Bytes::len) + 32;
+            batch.push(Entry { key: keys[i].clone(), record: Some(WireRecord::from(&rec)) });
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Offers every key this node holds but does not own (in `ring`, or in `ring` without this
+/// node when `leaving`) to its owners, and drops each once all its owners confirmed it.
+async fn hand_off(
+    rt: &Arc<Runtime>,
+    ring: &Ring,
+    b: &Arc<BucketState>,
+    leaving: Option<&Ring>,
+) -> bool {
+    let rf = b.config.replicas() as usize;
+    let now = rt.store.clock().now_ms();
+    let placement = leaving.unwrap_or(ring);
+    // key -> (version, owners not yet confirmed)
+    let mut pending: BTreeMap<Bytes, (Record, usize)> = BTreeMap::new();
+    let mut per_owner: BTreeMap<NodeId, Vec<KeyVersion>> = BTreeMap::new();
+    for (i, (key, rec)) in b.local.entries().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+        if rec.is_expired(now) {
+            continue;
+        }
+        let kh = key_hash(b.namespace(), &key);
+        if leaving.is_none() && placement.is_mine(kh, rf) {
+            continue;
+        }
+        let owners = placement.owners(kh, rf);
+        let owners: Vec<NodeId> = owners.into_iter().filter(|o| *o != rt.me).collect();
+        if owners.is_empty() {
+            continue;
+        }
+        for o in &owners {
+            per_owner.entry(o.clone()).or_default().push(version_of(key.clone(), &rec));
+        }
+        pending.insert(key, (rec, owners.len()));
+    }
+    if pending.is_empty() {
+        return true;
+    }
+    let mut complete = true;
+    for (owner, mut versions) in per_owner {
+        versions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut confirmed_all = true;
+        for chunk in chunk_versions(versions) {
+            let op = CacheOp::Versions(Versions {
+                bucket: b.name.to_string(),
+                ranges: Vec::new(),
+                versions: chunk.clone(),
+                handoff: true,
+            });
+            let need = match rt.call(&owner, op, rt.config.request_timeout * 4).await {
+                Ok(CacheReply::Exchange(ex)) => ex.need,
+                _ => {
+                    confirmed_all = false;
+                    break;
+                }
+            };
+            let keys: Vec<Bytes> =
+                need.iter().filter_map(|&i| chunk.get(i as usize).map(|v| v.key.clone())).collect();
+            if !push(rt, b, &owner, &keys).await {
+                confirmed_all = false;
+                break;
+            }
+            for v in &chunk {
+                if let Some(p) = pending.get_mut(&v.key) {
+                    p.1 -= 1;
+                }
+            }
+        }
+        complete &= confirmed_all;
+    }
+    let mut dropped = 0;
+    for (key, (rec, unconfirmed)) in pending {
+        if unconfirmed == 0 && b.local.drop_if_unchanged(&key, rec.version) {
+            dropped += 1;
+        }
+    }
+    rt.counters.handed_off.fetch_add(dropped, Relaxed);
+    complete
+}
+
+fn chunk_versions(versions: Vec<KeyVersion>) -> Vec<Vec<KeyVersion>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for v in versions {
+        let bytes = v.key.len() + 24;
+        if size + bytes > VERSIONS_BATCH_BYTES && !out.last().is_none_or(Vec::is_empty) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        out.last_mut().expect("never empty").push(v);
+    }
+    out
+}
+
+/// Replays pending hints to every hinted node that is live again.
+async fn replay_hints(rt: &Arc<Runtime>) {
+    rt.expire_hints(rt.store.clock().now_ms());
+    let ring = rt.ring();
+    for node in rt.hinted_nodes() {
+        if !ring.is_live(&node) {
+            continue;
+        }
+        loop {
+            let hints = rt.take_hints(&node, HINT_BATCH);
+            if hints.is_empty() {
+                break;
+            }
+            let mut by_bucket: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+            for h in &hints {
+                by_bucket
+                    .entry(h.bucket.to_string())
+                    .or_default()
+                    .push(Entry { key: h.key.clone(), record: Some(WireRecord::from(&h.record)) });
+            }
+            let mut delivered = true;
+            for (bucket, entries) in by_bucket {
+                let op = CacheOp::Write(Write { bucket, entries });
+                if rt.call(&node, op, rt.config.request_timeout).await.is_err() {
+                    delivered = false;
+                    break;
+                }
+            }
+            if !delivered {
+                // Writes are idempotent: resending the ones that did arrive is harmless.
+                rt.return_hints(&node, hints);
+                break;
+            }
+            rt.counters.hints_replayed.fetch_add(hints.len() as u64, Relaxed);
+        }
+    }
+}
+
+/// Before a graceful leave: streams every key this node holds to its owners in the placement
+/// without this node, within `timeout`. Returns whether everything was confirmed.
+pub(crate) async fn drain(rt: &Arc<Runtime>, timeout: Duration) -> bool {
+    let ring = rt.ring();
+    let mut without = (*ring).clone();
+    without.live.retain(|n| *n != rt.me);
+    without.known.retain(|n| *n != rt.me);
+    if without.live.is_empty() {
+        return true;
+    }
+    let work = async {
+        replay_hints(rt).await;
+        let mut complete = true;
+        for b in rt.catalog.all() {
+            complete &= hand_off(rt, &ring, &b, Some(&without)).await;
+        }
+        complete
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or(false)
+}

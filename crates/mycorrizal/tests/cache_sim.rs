@@ -1,0 +1,407 @@
+//! The distributed cache over the simulated network (paused clock, seeded): replication,
+//! consistency levels, read-through single flight, join and leave.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal::{
+    NodeId,
+    cache::{CacheBucket, CacheError},
+    clock::TokioClock,
+    cluster::{ClusterConfig, MemberState, Node},
+    core::quorum::Consistency,
+    security::Trust,
+    store::BucketConfig,
+    transport::{SimConfig, SimNetwork},
+};
+
+const SECRET: &str = "q8Zl0v1kYw7Jm3Xn5Rb2Tc9Hd6Pf4Sg1Ua8Ke0Wi3Lo=";
+const T0: u64 = 1_800_000_000_000;
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 2, i], 7946))
+}
+
+fn id(i: u8) -> NodeId {
+    NodeId::new(format!("c{i}")).unwrap()
+}
+
+struct Sim {
+    net: SimNetwork,
+    clock: Arc<TokioClock>,
+    seed: u64,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        Sim {
+            net: SimNetwork::new(SimConfig::new(seed)),
+            clock: Arc::new(TokioClock::new(T0)),
+            seed,
+        }
+    }
+
+    async fn start(&self, i: u8) -> Node {
+        let mut c = ClusterConfig::lan("cache", id(i), addr(i));
+        c.seeds = vec![addr(1), addr(2)];
+        Node::builder(c)
+            .trust(Trust::cluster_secret(SECRET).unwrap())
+            .transport(Arc::new(self.net.transport(id(i), addr(i))))
+            .clock(self.clock.clone())
+            .seed(self.seed * 100 + u64::from(i))
+            .start()
+            .await
+            .unwrap()
+    }
+
+    async fn cluster(&self, n: u8) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            nodes.push(self.start(i).await);
+        }
+        within(Duration::from_secs(30), "cluster forms", || all_alive(&nodes, n)).await;
+        nodes
+    }
+}
+
+fn all_alive(nodes: &[Node], n: u8) -> bool {
+    nodes.iter().all(|o| {
+        (1..=n).all(|i| o.members().get(&id(i)).is_some_and(|m| m.state == MemberState::Alive))
+    })
+}
+
+async fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = tokio::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() <= limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
+fn bucket_config(name: &str) -> BucketConfig {
+    BucketConfig::builder(name).max_entries(1_000_000).replicas(3).build().unwrap()
+}
+
+async fn all_ready(nodes: &[Node]) {
+    within(Duration::from_secs(60), "every node ready", || {
+        nodes.iter().all(|n| n.cache().is_ready())
+    })
+    .await;
+}
+
+/// Which nodes hold a live or deleted record of `key`.
+fn holders(buckets: &[CacheBucket], key: &[u8]) -> usize {
+    buckets.iter().filter(|b| b.local_record(key).is_some()).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bucket_declared_on_one_node_is_known_everywhere_and_conflicts_are_refused() {
+    let sim = Sim::new(1);
+    let nodes = sim.cluster(3).await;
+    let b = nodes[0].cache().create_bucket(bucket_config("users")).await.unwrap();
+    assert_eq!(b.config(), bucket_config("users"));
+    for n in &nodes {
+        assert_eq!(n.cache().buckets(), vec![bucket_config("users")], "{}", n.id());
+    }
+    // Idempotent on any node.
+    nodes[2].cache().create_bucket(bucket_config("users")).await.unwrap();
+    // A different configuration is refused, naming both.
+    let other = BucketConfig::builder("users").max_entries(10).replicas(2).build().unwrap();
+    let err = nodes[1].cache().create_bucket(other).await.unwrap_err();
+    let CacheError::Conflict { existing, requested, .. } = &err else { panic!("{err}") };
+    assert_eq!(**existing, bucket_config("users"));
+    assert_eq!(requested.replicas(), 2);
+    assert!(err.to_string().contains("max_entries: 10"), "{err}");
+    // A node that joins later learns the bucket.
+    let late = sim.start(4).await;
+    late.cache().ready().await;
+    assert_eq!(late.cache().buckets(), vec![bucket_config("users")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_reach_every_owner_and_reads_see_them_at_every_level() {
+    let sim = Sim::new(2);
+    let nodes = sim.cluster(5).await;
+    nodes[0].cache().create_bucket(bucket_config("kv")).await.unwrap();
+    let buckets: Vec<CacheBucket> = nodes.iter().map(|n| n.cache().bucket("kv").unwrap()).collect();
+    for i in 0..200u32 {
+        let key = format!("k{i}");
+        buckets[i as usize % 5].set(&key, format!("v{i}")).await.unwrap();
+    }
+    // Every write is on exactly its 3 owners once the background sends finish.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..200u32 {
+        let key = format!("k{i}");
+        let owners = buckets[0].owners(&key);
+        assert_eq!(owners.len(), 3);
+        for (n, b) in nodes.iter().zip(&buckets) {
+            assert_eq!(
+                b.local_record(&key).is_some(),
+                owners.contains(n.id()),
+                "{key} on {}",
+                n.id()
+            );
+        }
+        for c in [Consistency::One, Consistency::Quorum, Consistency::All] {
+            let got = buckets[(i as usize + 2) % 5].get_with(&key, c).await.unwrap();
+            assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "{key} at {c:?}");
+        }
+    }
+    // Reads at One on an owner never touch the network.
+    let stats = nodes[0].cache().stats();
+    let owned: Vec<String> = (0..200)
+        .map(|i| format!("k{i}"))
+        .filter(|k| buckets[0].owners(k).contains(nodes[0].id()))
+        .collect();
+    for k in &owned {
+        buckets[0].get(k).await.unwrap().unwrap();
+    }
+    let after = nodes[0].cache().stats();
+    assert_eq!(after.reads_local - stats.reads_local, owned.len() as u64);
+    assert_eq!(after.reads_remote, stats.reads_remote);
+    // Deletes, expire and TTLs.
+    buckets[1].delete("k1").await.unwrap();
+    assert_eq!(buckets[3].get_with("k1", Consistency::All).await.unwrap(), None);
+    assert!(buckets[2].expire("k2", Duration::from_secs(5)).await.unwrap());
+    assert!(!buckets[2].expire("nope", Duration::from_secs(5)).await.unwrap());
+    buckets[4].set_with_ttl("t", "x", Duration::from_secs(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expiries: Vec<Option<u64>> =
+        buckets.iter().filter_map(|b| b.local_record("t")).map(|r| r.expires_at_ms).collect();
+    assert_eq!(expiries.len(), 3);
+    assert!(expiries.windows(2).all(|w| w[0] == w[1]), "replicas expire together: {expiries:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for c in [Consistency::One, Consistency::All] {
+        assert_eq!(buckets[0].get_with("t", c).await.unwrap(), None);
+        assert_eq!(buckets[0].get_with("k2", c).await.unwrap(), None);
+    }
+    // Typed values.
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct User {
+        name: String,
+        age: u32,
+    }
+    let u = User { name: "Ada".into(), age: 36 };
+    buckets[0].set_as("user:1", &u).await.unwrap();
+    assert_eq!(buckets[4].get_as::<User>("user:1").await.unwrap(), Some(u));
+    assert!(matches!(buckets[4].get_as::<u64>("user:1").await, Err(CacheError::Codec(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_reads_repair_a_stale_replica_and_hints_reach_a_returning_one() {
+    let sim = Sim::new(3);
+    let nodes = sim.cluster(3).await;
+    let cache: Vec<CacheBucket> = {
+        nodes[0].cache().create_bucket(bucket_config("kv")).await.unwrap();
+        nodes.iter().map(|n| n.cache().bucket("kv").unwrap()).collect()
+    };
+    all_ready(&nodes).await;
+    // Cut n3 off from n1 only: n1's writes cannot reach it and become hints.
+    sim.net.cut(addr(1), addr(3));
+    cache[0].set("a", "1").await.unwrap();
+    assert!(cache[2].local_record("a").is_none());
+    within(Duration::from_secs(5), "hint queued", || nodes[0].cache().stats().hints_queued >= 1)
+        .await;
+    sim.net.heal();
+    within(Duration::from_secs(10), "hint replayed", || cache[2].local_record("a").is_some()).await;
+    assert!(nodes[0].cache().stats().hints_replayed >= 1);
+    // A write that n3 missed is repaired by a read at All.
+    sim.net.cut(addr(1), addr(3));
+    cache[0].set("b", "2").await.unwrap();
+    sim.net.heal();
+    // Drop the hint path: read before replay.
+    assert_eq!(cache[1].get_with("b", Consistency::All).await.unwrap(), Some(Bytes::from("2")));
+    within(Duration::from_secs(5), "stale replica repaired", || {
+        cache[2].local_record("b").is_some()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_get_or_load_from_every_node_calls_the_loader_once() {
+    let sim = Sim::new(4);
+    let nodes = sim.cluster(5).await;
+    nodes[0].cache().create_bucket(bucket_config("products")).await.unwrap();
+    all_ready(&nodes).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        for _ in 0..8 {
+            let b = n.cache().bucket("products").unwrap();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                b.get_or_load("sku-42", || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"widget"))
+                })
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Bytes::from_static(b"widget"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "40 concurrent misses on 5 nodes, one load");
+    // A failing loader is reported, stores nothing, and the next caller loads again.
+    let b = nodes[3].cache().bucket("products").unwrap();
+    let err = b
+        .get_or_load("sku-7", || async { Err::<Bytes, _>(std::io::Error::other("db down")) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Load(_)), "{err}");
+    let v = nodes[1]
+        .cache()
+        .bucket("products")
+        .unwrap()
+        .get_or_load("sku-7", || async { Ok::<_, std::io::Error>(Bytes::from_static(b"gear")) })
+        .await
+        .unwrap();
+    assert_eq!(v, Bytes::from_static(b"gear"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_writes_refuse_when_home_replicas_are_down_and_bad_input_is_refused() {
+    let sim = Sim::new(5);
+    let nodes = sim.cluster(3).await;
+    let b = nodes[0].cache().create_bucket(bucket_config("kv")).await.unwrap();
+    all_ready(&nodes).await;
+    eprintln!("ready");
+    let too_big = vec![0u8; 2 * 1024 * 1024];
+    assert!(matches!(b.set("k", too_big).await, Err(CacheError::Store(_))));
+    assert!(matches!(
+        b.set_with_ttl("k", "v", Duration::ZERO).await,
+        Err(CacheError::Store(_) | CacheError::Config(_))
+    ));
+    assert!(matches!(nodes[0].cache().bucket("nope"), Err(CacheError::UnknownBucket { .. })));
+    eprintln!("crash");
+    // n3 crashes; until membership notices, it is still live, then down.
+    sim.net.crash(addr(3));
+    let survivors = &nodes[..2];
+    within(Duration::from_secs(30), "n3 seen down", || {
+        survivors
+            .iter()
+            .all(|n| n.members().get(&id(3)).is_some_and(|m| m.state == MemberState::Down))
+    })
+    .await;
+    let all = mycorrizal::cache::WriteOptions {
+        consistency: Some(Consistency::All),
+        strict: true,
+        ..Default::default()
+    };
+    eprintln!("down");
+    let err = b.set_with("k", "v", all).await.unwrap_err();
+    assert!(matches!(err, CacheError::Unavailable { needed: 3, reachable: 2 }), "{err}");
+    // The default (sloppy) quorum still accepts, and the down home replica gets a hint.
+    b.set("k", "v").await.unwrap();
+    assert!(nodes[0].cache().stats().hints_queued >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing() {
+    const KEYS: u32 = 100_000;
+    let sim = Sim::new(6);
+    let mut nodes = sim.cluster(4).await;
+    let b = nodes[0].cache().create_bucket(bucket_config("big")).await.unwrap();
+    all_ready(&nodes).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let writers = 64;
+    for w in 0..writers {
+        let b = nodes[w % 4].cache().bucket("big").unwrap();
+        tasks.spawn(async move {
+            for k in (w as u32..KEYS).step_by(writers) {
+                b.set(format!("key-{k}"), format!("value-{k}")).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    drop(b);
+    all_ready(&nodes).await;
+    let moved_before: u64 = nodes
+        .iter()
+        .map(|n| {
+            let s = n.cache().stats();
+            s.sync_records_sent + s.sync_records_received
+        })
+        .sum();
+    // A fifth node joins.
+    nodes.push(sim.start(5).await);
+    within(Duration::from_secs(30), "n5 joins", || all_alive(&nodes, 5)).await;
+    let took = within(Duration::from_secs(120), "rebalanced", || {
+        nodes.iter().all(|n| n.cache().is_ready())
+            && nodes
+                .iter()
+                .all(|n| n.cache().stats().synced_generation == n.cache().stats().ring_generation)
+    })
+    .await;
+    // Handoffs finish in the round after the one that copied.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let buckets: Vec<CacheBucket> =
+        nodes.iter().map(|n| n.cache().bucket("big").unwrap()).collect();
+    let moved = buckets[4].local_entries().len() as f64;
+    let ideal = f64::from(KEYS) * 3.0 / 5.0;
+    let moved_after: u64 = nodes
+        .iter()
+        .map(|n| {
+            let s = n.cache().stats();
+            s.sync_records_sent + s.sync_records_received
+        })
+        .sum();
+    println!(
+        "join: n5 received {moved} entries (ideal {ideal}, {:+.1}%), {} records moved in all, ready after {took:?}",
+        (moved - ideal) / ideal * 100.0,
+        moved_after - moved_before
+    );
+    assert!((moved - ideal).abs() / ideal <= 0.10, "moved {moved}, ideal {ideal}");
+    for k in (0..KEYS).step_by(97) {
+        let key = format!("key-{k}");
+        assert_eq!(holders(&buckets, key.as_bytes()), 3, "{key} after join");
+    }
+    let total: usize = buckets.iter().map(|b| b.local_entries().len()).sum();
+    assert_eq!(total, KEYS as usize * 3, "exactly RF replicas of every key after the join");
+    // n2 leaves gracefully.
+    let leaver = nodes.remove(1);
+    leaver.shutdown(Duration::from_secs(30)).await;
+    within(Duration::from_secs(30), "n2 seen left", || {
+        nodes.iter().all(|n| n.members().get(&id(2)).is_some_and(|m| m.state == MemberState::Left))
+    })
+    .await;
+    within(Duration::from_secs(120), "rebalanced after leave", || {
+        nodes.iter().all(|n| n.cache().is_ready())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let buckets: Vec<CacheBucket> =
+        nodes.iter().map(|n| n.cache().bucket("big").unwrap()).collect();
+    let total: usize = buckets.iter().map(|b| b.local_entries().len()).sum();
+    assert_eq!(total, KEYS as usize * 3, "exactly RF replicas of every key after the leave");
+    let mut missing = 0;
+    for k in 0..KEYS {
+        let key = format!("key-{k}");
+        if holders(&buckets, key.as_bytes()) != 3 {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0);
+    let sample: HashMap<u32, Option<Bytes>> = {
+        let mut m = HashMap::new();
+        for k in (0..KEYS).step_by(1013) {
+            m.insert(k, buckets[0].get_with(format!("key-{k}"), Consistency::All).await.unwrap());
+        }
+        m
+    };
+    for (k, v) in sample {
+        assert_eq!(v, Some(Bytes::from(format!("value-{k}"))));
+    }
+}
