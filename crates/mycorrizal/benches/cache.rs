@@ -26,6 +26,9 @@ async fn node(i: u8, seed: Option<SocketAddr>) -> Node {
     let id = NodeId::new(format!("bench-{i}")).unwrap();
     let mut c = ClusterConfig::lan("cachebench", id, SocketAddr::from(([127, 0, 0, 50 + i], 0)));
     c.seeds = seed.into_iter().collect();
+    if let Some(rate) = std::env::var("CACHE_BENCH_SYNC_RATE").ok().and_then(|v| v.parse().ok()) {
+        c.cache.sync_rate = rate;
+    }
     Node::builder(c).trust(Trust::cluster_secret(SECRET).unwrap()).start().await.unwrap()
 }
 
@@ -78,6 +81,7 @@ fn row(name: &str, f: &Figures) {
 }
 
 fn main() {
+    let only_rebalance = std::env::var("CACHE_BENCH_ONLY_REBALANCE").is_ok();
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -112,7 +116,7 @@ fn main() {
         );
         println!("3 nodes on 127.0.0.51-53, mutual TLS; 100-byte values; 2 worker threads");
         println!("{:<44} {:>12} {:>10} {:>10}", "scenario", "ops/s", "p50 µs", "p99 µs");
-        for round in 0..2 {
+        for round in 0..if only_rebalance { 0 } else { 2 } {
             let b = local.clone();
             let f = measure(1, 1_000_000, move |i| {
                 let b = b.clone();
@@ -147,5 +151,105 @@ fn main() {
                 row(&format!("set RF=3 W=Quorum, {c} outstanding [{round}]"), &f);
             }
         }
+        rebalance(&nodes, seed).await;
     });
+}
+
+/// Foreground latency before and while a fourth node joins three that hold `keys` keys at
+/// RF = 3 (it must receive three quarters of them).
+async fn rebalance(nodes: &[Node], seed: SocketAddr) {
+    let keys: u32 =
+        std::env::var("CACHE_BENCH_keys").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let config = BucketConfig::builder("big").replicas(3).max_entries(1_000_000).build().unwrap();
+    let big = nodes[0].cache().create_bucket(config).await.unwrap();
+    let value = Bytes::from(vec![b'y'; 100]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..64u32 {
+        let (b, value) = (big.clone(), value.clone());
+        tasks.spawn(async move {
+            for k in (w..keys).step_by(64) {
+                b.set(format!("big-{k}"), value.clone()).await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    for n in nodes {
+        tokio::time::timeout(Duration::from_secs(60), n.cache().ready()).await.unwrap();
+    }
+    // Foreground: 16 callers doing quorum sets on node 1 (each one reaches other nodes, which
+    // are busy rebalancing) until `stop` is set.
+    let foreground = |stop: Arc<std::sync::atomic::AtomicBool>| {
+        let (b, value) = (big.clone(), value.clone());
+        async move {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..16u32 {
+                let (b, value) = (b.clone(), value.clone());
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = t;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let key = format!("big-{}", i.wrapping_mul(2_654_435_761) % keys);
+                        let s = Instant::now();
+                        b.set(key, value.clone()).await.unwrap();
+                        lat.push(s.elapsed().as_nanos() as u64);
+                        i += 16;
+                        // A get served by the local replica completes without ever yielding;
+                        // let the other tasks (and the stop signal) run.
+                        if i % 1024 < 16 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    lat
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                all.extend(r.unwrap());
+            }
+            figures(all, started.elapsed())
+        }
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = tokio::spawn(foreground(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = steady.await.unwrap();
+    row("foreground quorum sets, 16 outstanding, steady", &before);
+    let moved = |ns: &[&Node]| -> (u64, u64) {
+        ns.iter().fold((0, 0), |(r, b), n| {
+            let s = n.cache().stats();
+            (
+                r + s.sync_records_sent + s.sync_records_received,
+                b + s.sync_bytes_sent + s.sync_bytes_received,
+            )
+        })
+    };
+    let start = Instant::now();
+    let fourth = node(4, Some(seed)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during = tokio::spawn(foreground(stop.clone()));
+    let ready = async {
+        loop {
+            if fourth.cache().is_ready() && fourth.members().live().count() == 4 {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let took = ready.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = during.await.unwrap();
+    row("foreground while a 4th node joins", &during);
+    let all: Vec<&Node> = nodes.iter().chain(std::iter::once(&fourth)).collect();
+    let (records, bytes) = moved(&all);
+    println!(
+        "join of a 4th node to 3 holding {keys} keys (RF=3): ready after {:.2} s; {} entries on the new node; \
+         {records} records moved, {:.1} MB moved by sync; foreground p99 {:.2}x steady",
+        took.as_secs_f64(),
+        fourth.cache().bucket("big").unwrap().local_entries().len(),
+        bytes as f64 / 1e6,
+        during.p99_us / before.p99_us
+    );
 }

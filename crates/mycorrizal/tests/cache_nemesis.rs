@@ -287,7 +287,7 @@ async fn run_seed(seed: u64) -> Report {
     net.set_datagram_loss(0.0);
     net.set_stream_break(0.0);
     assert!(
-        c.settle(Duration::from_secs(120)).await,
+        c.settle(Duration::from_secs(300)).await,
         "seed {seed}: did not settle after the last heal"
     );
     tokio::time::sleep(Duration::from_secs(25)).await;

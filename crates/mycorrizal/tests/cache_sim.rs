@@ -405,3 +405,39 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
         assert_eq!(v, Some(Bytes::from(format!("value-{k}"))));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn tombstones_are_collected_after_their_window_and_deletes_stay_deleted() {
+    let sim = Sim::new(7);
+    let nodes = sim.cluster(3).await;
+    let config = BucketConfig::builder("gc")
+        .replicas(3)
+        .max_entries(10_000)
+        .tombstone_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    nodes[0].cache().create_bucket(config).await.unwrap();
+    all_ready(&nodes).await;
+    let buckets: Vec<CacheBucket> = nodes.iter().map(|n| n.cache().bucket("gc").unwrap()).collect();
+    for i in 0..100 {
+        buckets[i % 3].set(format!("k{i}"), "v").await.unwrap();
+    }
+    for i in 0..50 {
+        buckets[(i + 1) % 3].delete(format!("k{i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tombstones =
+        |b: &CacheBucket| b.local_entries().iter().filter(|(_, r)| r.is_tombstone()).count();
+    assert!(buckets.iter().all(|b| tombstones(b) == 50), "every replica holds the 50 tombstones");
+    // Past the window (and a few anti-entropy rounds later) they are gone everywhere, and the
+    // deleted keys did not come back from any replica.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    for b in &buckets {
+        assert_eq!(tombstones(b), 0);
+        assert_eq!(b.local_entries().len(), 50);
+        assert_eq!(b.stats().tombstones_purged, 50);
+    }
+    for i in 0..50 {
+        assert_eq!(buckets[0].get_with(format!("k{i}"), Consistency::All).await.unwrap(), None);
+    }
+}

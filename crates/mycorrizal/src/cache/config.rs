@@ -16,8 +16,11 @@ pub struct CacheConfig {
     /// How long membership must be still before rebalancing starts, so a burst of changes
     /// moves data once. LAN 500 ms, WAN 2 s.
     pub rebalance_delay: Duration,
-    /// Upper bound on the bytes per second this node sends for rebalancing and anti-entropy,
-    /// so foreground requests keep their latency. Default 64 MiB/s.
+    /// Upper bound on the bytes per second this node moves (sends and pulls) for rebalancing
+    /// and anti-entropy, so foreground requests keep their latency. Default 4 MiB/s: on a
+    /// 2-vCPU host running four nodes, a join at 4 MiB/s kept foreground quorum-set p99 within
+    /// 1.7x of steady state, at 8 MiB/s it reached 3x (docs/BENCHMARKS.md). Raise it on
+    /// larger machines to rebalance faster.
     pub sync_rate: u64,
     /// Largest batch of records in one rebalancing message. Default 1 MiB.
     pub sync_batch_bytes: usize,
@@ -40,7 +43,7 @@ impl CacheConfig {
             request_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(30),
             rebalance_delay: Duration::from_millis(500),
-            sync_rate: 64 * 1024 * 1024,
+            sync_rate: 4 * 1024 * 1024,
             sync_batch_bytes: 1024 * 1024,
             hint_capacity: 64 * 1024 * 1024,
             hint_replay_interval: Duration::from_secs(1),

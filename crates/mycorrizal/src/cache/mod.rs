@@ -88,6 +88,8 @@ pub struct CacheStats {
     pub sync_records_received: u64,
     /// Bytes sent by rebalancing and anti-entropy (after throttling).
     pub sync_bytes_sent: u64,
+    /// Bytes pulled from peers by exchanges started here (throttled by the same budget).
+    pub sync_bytes_received: u64,
     /// Records dropped here after their new owners confirmed them.
     pub handed_off: u64,
     /// Read-through loader calls made on this node.

@@ -60,6 +60,7 @@ pub(crate) struct Counters {
     pub sync_records_sent: AtomicU64,
     pub sync_records_received: AtomicU64,
     pub sync_bytes_sent: AtomicU64,
+    pub sync_bytes_received: AtomicU64,
     pub handed_off: AtomicU64,
     pub loads: AtomicU64,
 }
@@ -193,6 +194,7 @@ impl Runtime {
             sync_records_sent: c.sync_records_sent.load(Relaxed),
             sync_records_received: c.sync_records_received.load(Relaxed),
             sync_bytes_sent: c.sync_bytes_sent.load(Relaxed),
+            sync_bytes_received: c.sync_bytes_received.load(Relaxed),
             handed_off: c.handed_off.load(Relaxed),
             loads: c.loads.load(Relaxed),
             ring_generation: *self.generation.borrow(),
@@ -212,6 +214,13 @@ impl Runtime {
         };
         tokio::time::sleep_until(at).await;
         self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Charges `bytes` pulled from a peer to the same budget as [`Runtime::throttle`].
+    pub async fn throttle_pull(&self, bytes: usize) {
+        self.throttle(bytes).await;
+        self.counters.sync_bytes_sent.fetch_sub(bytes as u64, Relaxed);
+        self.counters.sync_bytes_received.fetch_add(bytes as u64, Relaxed);
     }
 
     // ----- calling replicas -----

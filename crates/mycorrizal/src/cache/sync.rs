@@ -277,6 +277,13 @@ async fn reconcile(
                 }
             };
             let mut received = 0;
+            // Pulled records count against the same budget as pushed ones.
+            let pulled: usize = ex
+                .newer
+                .iter()
+                .map(|e| e.key.len() + e.record.as_ref().map_or(0, |r| r.value.len()) + 32)
+                .sum();
+            rt.throttle_pull(pulled).await;
             for e in &ex.newer {
                 if let Some(rec) = e.record.clone().and_then(WireRecord::into_record)
                     && b.local.apply(&e.key, rec).is_ok()
@@ -320,8 +327,14 @@ async fn push(rt: &Arc<Runtime>, b: &BucketState, peer: &NodeId, keys: &[Bytes])
                 entries: std::mem::take(&mut batch),
             });
             match rt.call(peer, op, rt.config.request_timeout * 4).await {
-                Ok(CacheReply::Written(_)) => {
+                Ok(CacheReply::Written(w)) => {
                     rt.counters.sync_records_sent.fetch_add(n, Relaxed);
+                    if w.refused > 0 {
+                        // Not stored there (too large for its bucket, or too far ahead of its
+                        // clock): this node must keep its copy.
+                        tracing::warn!(node = %rt.me, peer = %peer, refused = w.refused, "peer refused synced records");
+                        return false;
+                    }
                 }
                 Ok(_) => return false,
                 Err(e) => {
