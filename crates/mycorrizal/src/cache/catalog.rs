@@ -49,6 +49,17 @@ impl BucketState {
         self.name.as_str().as_bytes()
     }
 
+    /// Every record not expired at `now_ms`, with its key's placement hash: the one walk that
+    /// digests, version exchanges and hand-offs share.
+    pub fn hashed_records(
+        &self,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (u64, bytes::Bytes, mycorrizal_core::Record)> + '_ {
+        self.local.entries().filter(move |(_, r)| !r.is_expired(now_ms)).map(|(key, rec)| {
+            (mycorrizal_core::placement::key_hash(self.namespace(), &key), key, rec)
+        })
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }

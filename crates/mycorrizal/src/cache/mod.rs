@@ -47,12 +47,9 @@ use tokio::sync::mpsc;
 
 use self::{
     catalog::{BucketState, Merged, decl_of},
-    runtime::certainly_not_applied,
+    runtime::{certainly_not_applied, worth_a_hint},
 };
-use crate::{
-    cluster::MessagingError,
-    store::{BucketConfig, BucketStats, check_ttl},
-};
+use crate::store::{BucketConfig, BucketStats, check_ttl};
 
 /// Counters of the distributed cache on one node (since it started), for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -563,13 +560,10 @@ impl CacheBucket {
                     }],
                 });
                 let r = rt.call(&target, op, rt.config.request_timeout).await;
-                if let Err(e) = &r {
-                    let hopeless = matches!(e, MessagingError::Remote { code, .. }
-                        if *code == mycorrizal_core::wire::messages::ErrorCode::Refused
-                            || *code == mycorrizal_core::wire::messages::ErrorCode::BadRequest);
-                    if !hopeless {
-                        rt.add_hint(&target, &name, &key, &record);
-                    }
+                if let Err(e) = &r
+                    && worth_a_hint(e)
+                {
+                    rt.add_hint(&target, &name, &key, &record);
                 }
                 let _ = tx.send(r).await;
             });
@@ -627,19 +621,12 @@ impl CacheBucket {
         result
     }
 
-    async fn load<F, Fut, E>(
-        &self,
-        s: &Arc<BucketState>,
-        key: Bytes,
-        loader: F,
-    ) -> Result<Bytes, CacheError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Bytes, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    /// Asks the key's primary for the read-through lease. `Ok`: another caller loaded the value
+    /// meanwhile. `Err(primary)`: this caller must load, then release the lease to `primary`
+    /// (`None` when no primary could be reached: load without a lease).
+    async fn lease(&self, s: &BucketState, key: &Bytes) -> Result<Bytes, Option<NodeId>> {
         let rt = &self.rt;
-        let kh = key_hash(s.namespace(), &key);
+        let kh = key_hash(s.namespace(), key);
         let wait = rt.config.lease_timeout + rt.config.request_timeout;
         let mut primary_down = false;
         for _attempt in 0..3 {
@@ -652,9 +639,7 @@ impl CacheBucket {
                         return Ok(v);
                     }
                 }
-                Ok(CacheReply::Lease(_)) => {
-                    return self.load_and_release(s, key, loader, Some(primary)).await;
-                }
+                Ok(CacheReply::Lease(_)) => return Err(Some(primary)),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(primary = %primary, error = %e, "read-through lease failed");
@@ -667,21 +652,24 @@ impl CacheBucket {
         if primary_down {
             tracing::warn!(bucket = %s.name, "no lease from the key's primary; loading without one");
         }
-        self.load_and_release(s, key, loader, None).await
+        Err(None)
     }
 
-    async fn load_and_release<F, Fut, E>(
+    async fn load<F, Fut, E>(
         &self,
         s: &Arc<BucketState>,
         key: Bytes,
         loader: F,
-        primary: Option<NodeId>,
     ) -> Result<Bytes, CacheError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let primary = match self.lease(s, &key).await {
+            Ok(loaded_elsewhere) => return Ok(loaded_elsewhere),
+            Err(primary) => primary,
+        };
         let rt = &self.rt;
         rt.counters.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let loaded = loader().await.map_err(|e| CacheError::Load(Arc::from(e.into())));

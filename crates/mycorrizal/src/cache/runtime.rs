@@ -13,7 +13,6 @@ use bytes::Bytes;
 use mycorrizal_core::{
     NodeId, Record,
     digest::{RangeDigests, range_of},
-    placement::key_hash,
     wire::{
         Channel,
         cache::{
@@ -365,11 +364,7 @@ impl Runtime {
         if !ring.is_live(peer) {
             return d;
         }
-        for (key, rec) in b.local.entries() {
-            if rec.is_expired(now) {
-                continue;
-            }
-            let kh = key_hash(b.namespace(), &key);
+        for (kh, _, rec) in b.hashed_records(now) {
             if ring.both_own(kh, rf, &self.me, peer) {
                 d.add(kh, rec.version, rec.is_tombstone());
             }
@@ -403,11 +398,7 @@ impl Runtime {
         let ring = self.ring();
         let rf = b.config.replicas() as usize;
         let mut bytes = 0;
-        for (key, rec) in b.local.entries() {
-            if rec.is_expired(now) {
-                continue;
-            }
-            let kh = key_hash(b.namespace(), &key);
+        for (kh, key, rec) in b.hashed_records(now) {
             if !ranges.contains(&range_of(kh)) || !ring.both_own(kh, rf, &self.me, from) {
                 continue;
             }
@@ -654,6 +645,12 @@ impl CacheDispatch {
             op => answer(rt.serve(from, op), reply),
         }
     }
+}
+
+/// Whether a replica that failed a write should get a hint: not when it answered that it will
+/// never take the record (too large for its bucket, too far ahead of its clock, malformed).
+pub(crate) fn worth_a_hint(e: &MessagingError) -> bool {
+    !matches!(e, MessagingError::Remote { code: ErrorCode::Refused | ErrorCode::BadRequest, .. })
 }
 
 /// Whether a failed request certainly did nothing at the replica.

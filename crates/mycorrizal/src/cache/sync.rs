@@ -27,7 +27,6 @@ use bytes::Bytes;
 use mycorrizal_core::{
     NodeId, Record,
     digest::range_of,
-    placement::key_hash,
     wire::cache::{
         CacheOp, CacheReply, Catalog as WireCatalog, Digests, Entry, KeyVersion, RangeSummary,
         Versions, WireRecord, Write,
@@ -202,14 +201,10 @@ async fn versions_in(
     let now = rt.store.clock().now_ms();
     let mut by_range: BTreeMap<u32, Vec<KeyVersion>> =
         ranges.iter().map(|r| (*r, Vec::new())).collect();
-    for (i, (key, rec)) in b.local.entries().enumerate() {
+    for (i, (kh, key, rec)) in b.hashed_records(now).enumerate() {
         if i % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
         }
-        if rec.is_expired(now) {
-            continue;
-        }
-        let kh = key_hash(b.namespace(), &key);
         let r = range_of(kh);
         if wanted.contains(&r) && ring.both_own(kh, rf, &rt.me, peer) {
             by_range.entry(r).or_default().push(version_of(key, &rec));
@@ -370,14 +365,10 @@ async fn hand_off(
     // key -> (version, owners not yet confirmed)
     let mut pending: BTreeMap<Bytes, (Record, usize)> = BTreeMap::new();
     let mut per_owner: BTreeMap<NodeId, Vec<KeyVersion>> = BTreeMap::new();
-    for (i, (key, rec)) in b.local.entries().enumerate() {
+    for (i, (kh, key, rec)) in b.hashed_records(now).enumerate() {
         if i % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
         }
-        if rec.is_expired(now) {
-            continue;
-        }
-        let kh = key_hash(b.namespace(), &key);
         if leaving.is_none() && placement.is_mine(kh, rf) {
             continue;
         }
