@@ -8,6 +8,7 @@
 //! What lives here:
 //! - [`node`]: node identities and the compact tag derived from them.
 //! - [`digest`]: range digests that let replicas find what differs without sending keys.
+//! - [`events`]: the event bus's rules: names, stream deduplication, gaps, group choice.
 //! - [`hlc`]: the hybrid logical clock that versions every write.
 //! - [`placement`]: rendezvous hashing: which nodes own a key, who leads a name.
 //! - [`quorum`]: consistency levels and the outcome of a replicated write.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+pub mod events;
 pub mod hlc;
 pub mod node;
 pub mod placement;

@@ -5,10 +5,12 @@
 //! - [`envelope`]: the sealed gossip datagram's layout (the sealing itself needs key material
 //!   and lives in the driver crate's security module).
 //! - [`cache`]: the Cache channel's requests and answers.
+//! - [`events`]: the Events channel: subscription interest and publisher streams.
 //! - [`membership`]: member identities and the encoding of SWIM (foca) messages.
 
 pub mod cache;
 pub mod envelope;
+pub mod events;
 pub mod frame;
 pub mod membership;
 pub mod messages;

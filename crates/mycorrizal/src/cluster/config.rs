@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub handshake_timeout: Duration,
     /// How the distributed cache replicates, repairs and rebalances.
     pub cache: crate::cache::CacheConfig,
+    /// How the event bus publishes and delivers.
+    pub events: crate::events::EventsConfig,
 }
 
 impl ClusterConfig {
@@ -93,6 +95,7 @@ impl ClusterConfig {
             meta: NodeMeta { version: env!("CARGO_PKG_VERSION").to_owned(), ..NodeMeta::default() },
             handshake_timeout: Duration::from_secs(5),
             cache: crate::cache::CacheConfig::lan(),
+            events: crate::events::EventsConfig::lan(),
         }
     }
 
@@ -102,6 +105,7 @@ impl ClusterConfig {
             preset: Preset::Wan,
             seed_refresh: Duration::from_secs(30),
             cache: crate::cache::CacheConfig::wan(),
+            events: crate::events::EventsConfig::wan(),
             ..Self::lan(cluster, node_id, bind)
         }
     }
@@ -128,6 +132,7 @@ impl ClusterConfig {
             Duration::from_secs(60),
         )?;
         self.cache.validate()?;
+        self.events.validate()?;
         let probe = mycorrizal_core::wire::membership::MemberId {
             node: self.node_id.clone(),
             addr: self.bind,

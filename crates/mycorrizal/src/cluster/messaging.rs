@@ -64,12 +64,18 @@ struct Inbox {
 pub(crate) struct Registry {
     apps: Mutex<HashMap<String, Arc<Inbox>>>,
     cache: std::sync::OnceLock<crate::cache::CacheDispatch>,
+    events: std::sync::OnceLock<crate::events::EventsDispatch>,
 }
 
 impl Registry {
     /// Routes the Cache channel to the node's cache (once, at start).
     pub(crate) fn set_cache(&self, cache: crate::cache::CacheDispatch) {
         let _ = self.cache.set(cache);
+    }
+
+    /// Routes the Events channel to the node's event bus (once, at start).
+    pub(crate) fn set_events(&self, events: crate::events::EventsDispatch) {
+        let _ = self.events.set(events);
     }
 
     fn inbox(&self, name: &str, capacity: usize) -> Arc<Inbox> {
@@ -95,6 +101,12 @@ impl Dispatch for Registry {
             && let Some(cache) = self.cache.get()
         {
             cache.dispatch(from, payload, reply);
+            return;
+        }
+        if channel == Channel::Events
+            && let Some(events) = self.events.get()
+        {
+            events.dispatch(from, payload, reply);
             return;
         }
         if channel != Channel::App {

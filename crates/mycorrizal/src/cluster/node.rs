@@ -160,6 +160,17 @@ impl NodeBuilder {
             self.config.dns.is_some() || self.config.seeds.iter().any(|s| *s != advertise),
         );
         registry.set_cache(crate::cache::CacheDispatch(Arc::downgrade(&cache)));
+        let events = crate::events::Runtime::new(
+            identity.node.clone(),
+            events_incarnation(identity.generation, rng_seed),
+            self.config.events.clone(),
+            links.clone(),
+            view_rx.clone(),
+            self.clock.clone(),
+        );
+        registry.set_events(crate::events::EventsDispatch(Arc::downgrade(&events)));
+        let exchange = tokio::spawn(events.clone().run_exchange());
+        let ticks = tokio::spawn(events.clone().run_ticks());
         let sync = tokio::spawn(crate::cache::run_sync(cache.clone()));
         let placement = tokio::spawn(crate::cache::follow_membership(cache.clone()));
         let sweep_every = self.config.cache.sweep_interval;
@@ -167,7 +178,7 @@ impl NodeBuilder {
             tokio::spawn(
                 async move { store.run_sweeper(sweep_every, std::future::pending()).await },
             );
-        let mut tasks = vec![task, acceptor, sync, placement, sweeper];
+        let mut tasks = vec![task, acceptor, sync, placement, sweeper, exchange, ticks];
         if let Some(dns) = self.config.dns.clone() {
             let discovery = super::discovery::DnsDiscovery::new(dns)?;
             let (commands, every) = (commands_tx.clone(), self.config.seed_refresh);
@@ -198,6 +209,7 @@ impl NodeBuilder {
                 links,
                 registry,
                 cache,
+                events,
             }),
         })
     }
@@ -221,10 +233,22 @@ struct Inner {
     links: Arc<Links>,
     registry: Arc<Registry>,
     cache: Arc<crate::cache::Runtime>,
+    events: Arc<crate::events::Runtime>,
+}
+
+/// A number no other incarnation of any node shares in practice: the start time, the node's
+/// seed and a per-process counter (two simulated nodes may start in the same millisecond
+/// with the same seed).
+fn events_incarnation(generation: u64, seed: u64) -> u64 {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut rng = mycorrizal_core::rng::SplitMix64::new(generation ^ seed.rotate_left(21));
+    rng.next_u64() ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.events.stop();
         self.links.close();
         for t in crate::sync::lock(&self.tasks).drain(..) {
             t.abort();
@@ -299,6 +323,9 @@ impl Node {
     /// cluster (peers see it as left, not failed) and its tasks stop.
     pub async fn shutdown(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
+        if !self.inner.events.drain(timeout / 4).await {
+            tracing::warn!(node = %self.id(), "not every queued event reached its subscribers before leaving");
+        }
         if !crate::cache::drain(&self.inner.cache, timeout / 2).await {
             tracing::warn!(node = %self.id(), "not every cached key reached its new owners before leaving");
         }
@@ -313,6 +340,7 @@ impl Node {
         for t in crate::sync::lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
+        self.inner.events.stop();
         tracing::info!(node = %self.id(), "node stopped");
     }
 
@@ -326,6 +354,11 @@ impl Node {
             self.inner.view.clone(),
             &self.inner.registry,
         )
+    }
+
+    /// The event bus: publish, subscribe, consumer groups.
+    pub fn events(&self) -> crate::events::Events {
+        crate::events::Events::new(self.inner.events.clone())
     }
 
     /// The distributed cache: declare buckets and read and write them cluster-wide.

@@ -1,0 +1,813 @@
+//! The node's event bus: who subscribes where (interest), the routes publishers use, the
+//! receiving side of streams, group acknowledgements, and the background tasks.
+//!
+//! Lock order (never the reverse): `inbound` → `local` → a queue's state; `publishing` → a
+//! stream's state; `peers` → `local`. Nothing holds a lock across an `.await`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal_core::{
+    NodeId,
+    events::{Admission, SeqObservation, StreamCursor, observe_seq},
+    wire::{
+        Channel,
+        events::{
+            Batch, BatchReply, EventsOp, EventsReply, EventsRequest, EventsResponse, ItemKind,
+            Returned, Settle, TopicInterest, WireEvent, WireInterest,
+        },
+        messages::ErrorCode,
+    },
+};
+use prost::Message as _;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+    time::Instant,
+};
+
+use super::{
+    Event, EventId, EventsConfig, EventsError, EventsStats, GroupOptions, SubscribeOptions,
+    queues::{BroadcastQueue, GroupQueue, Held, Refusal},
+    stream::Publishing,
+};
+use crate::{
+    clock::Clock,
+    cluster::{MembershipView, MessagingError, Responder, link::Links},
+    sync::{lock, read, write},
+};
+
+/// Subscriptions on this node.
+#[derive(Default)]
+pub(super) struct Local {
+    /// Increases with every change; peers keep the newest they saw.
+    version: u64,
+    next_id: u64,
+    pub topics: BTreeMap<Arc<str>, LocalTopic>,
+}
+
+pub(super) struct LocalTopic {
+    pub name: Arc<str>,
+    pub broadcast: Vec<Arc<BroadcastQueue>>,
+    pub groups: BTreeMap<Arc<str>, Arc<GroupQueue>>,
+    /// Last topic sequence number seen per publisher (incarnation, seq), for gap detection.
+    seqs: HashMap<NodeId, (u64, u64)>,
+}
+
+impl LocalTopic {
+    pub fn new(name: Arc<str>) -> Self {
+        LocalTopic { name, broadcast: Vec::new(), groups: BTreeMap::new(), seqs: HashMap::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.broadcast.is_empty() && self.groups.is_empty()
+    }
+}
+
+impl Local {
+    fn interest(&self, incarnation: u64) -> WireInterest {
+        WireInterest {
+            incarnation,
+            version: self.version,
+            topics: self
+                .topics
+                .iter()
+                .map(|(topic, t)| TopicInterest {
+                    topic: topic.to_string(),
+                    broadcast: !t.broadcast.is_empty(),
+                    groups: t.groups.keys().map(|g| g.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What this node knows of a peer's subscriptions.
+struct PeerInterest {
+    /// The member generation it was learnt from; a new generation must be asked again.
+    generation: u64,
+    incarnation: u64,
+    version: u64,
+    topics: HashMap<String, (bool, Vec<String>)>,
+}
+
+#[derive(Default)]
+struct Peers {
+    known: HashMap<NodeId, PeerInterest>,
+    /// Since when a live peer's interest has been unknown.
+    unknown_since: HashMap<NodeId, Instant>,
+    /// Our interest version each peer confirmed.
+    confirmed: HashMap<NodeId, u64>,
+}
+
+/// A destination: a node incarnation as the membership names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Dest {
+    pub node: NodeId,
+    pub generation: u64,
+}
+
+/// Where events of each topic go, rebuilt whenever interest or membership changes.
+#[derive(Default)]
+pub(super) struct Routes {
+    pub epoch: u64,
+    pub topics: HashMap<String, TopicRoute>,
+    /// Live peers whose subscriptions are not known yet, and since when.
+    pub unknown: Vec<(NodeId, Instant)>,
+}
+
+#[derive(Default)]
+pub(super) struct TopicRoute {
+    pub broadcast: Vec<Dest>,
+    pub groups: BTreeMap<String, Vec<Dest>>,
+}
+
+/// Counters, kept as atomics.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub published: AtomicU64,
+    pub unconfirmed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub nacked: AtomicU64,
+    pub deadlines_missed: AtomicU64,
+    pub lagged: AtomicU64,
+    pub gaps: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_failures: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// The event bus of one node.
+pub(crate) struct Runtime {
+    pub me: NodeId,
+    /// One per process (and per node object): streams and topic numbers restart with it.
+    pub incarnation: u64,
+    pub config: EventsConfig,
+    links: Arc<Links>,
+    pub view: watch::Receiver<Arc<MembershipView>>,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Stats,
+    pub(super) local: Mutex<Local>,
+    peers: Mutex<Peers>,
+    routes: RwLock<Arc<Routes>>,
+    pub(super) routes_changed: Notify,
+    pub(super) publishing: Mutex<Publishing>,
+    inbound: Mutex<HashMap<NodeId, StreamCursor>>,
+    exchange_now: Notify,
+    /// Woken when group deliveries are acknowledged (room under `max_unacked`).
+    pub(super) acked: Arc<Notify>,
+    pub(super) closing: AtomicBool,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        me: NodeId,
+        incarnation: u64,
+        config: EventsConfig,
+        links: Arc<Links>,
+        view: watch::Receiver<Arc<MembershipView>>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let rt = Arc::new(Runtime {
+            me,
+            incarnation,
+            config,
+            links,
+            view,
+            clock,
+            stats: Stats::default(),
+            local: Mutex::new(Local::default()),
+            peers: Mutex::new(Peers::default()),
+            routes: RwLock::new(Arc::new(Routes::default())),
+            routes_changed: Notify::new(),
+            publishing: Mutex::new(Publishing::default()),
+            inbound: Mutex::new(HashMap::new()),
+            exchange_now: Notify::new(),
+            acked: Arc::new(Notify::new()),
+            closing: AtomicBool::new(false),
+        });
+        rt.rebuild_routes();
+        rt
+    }
+
+    pub(super) fn routes(&self) -> Arc<Routes> {
+        read(&self.routes).clone()
+    }
+
+    /// Recomputes the routes from the membership, peers' interest and local subscriptions.
+    pub(super) fn rebuild_routes(&self) {
+        let view = self.view.borrow().clone();
+        let now = Instant::now();
+        let mut routes = Routes::default();
+        {
+            let mut peers = lock(&self.peers);
+            let peers = &mut *peers;
+            let live: BTreeSet<&NodeId> = view.live().map(|m| &m.id).collect();
+            peers.unknown_since.retain(|n, _| live.contains(n));
+            let mut add = |dest: &Dest,
+                           topic: &str,
+                           broadcast: bool,
+                           groups: &mut dyn Iterator<Item = &str>| {
+                let route = routes.topics.entry(topic.to_owned()).or_default();
+                if broadcast {
+                    route.broadcast.push(dest.clone());
+                }
+                for g in groups {
+                    route.groups.entry(g.to_owned()).or_default().push(dest.clone());
+                }
+            };
+            let me = Dest { node: self.me.clone(), generation: 0 };
+            for (topic, t) in &lock(&self.local).topics {
+                add(&me, topic, !t.broadcast.is_empty(), &mut t.groups.keys().map(|g| &**g));
+            }
+            for m in view.live().filter(|m| m.id != self.me) {
+                match peers.known.get(&m.id).filter(|k| k.generation == m.generation) {
+                    Some(k) => {
+                        let dest = Dest { node: m.id.clone(), generation: m.generation };
+                        for (topic, (broadcast, groups)) in &k.topics {
+                            add(&dest, topic, *broadcast, &mut groups.iter().map(|g| g.as_str()));
+                        }
+                    }
+                    None => {
+                        let since = *peers.unknown_since.entry(m.id.clone()).or_insert(now);
+                        routes.unknown.push((m.id.clone(), since));
+                    }
+                }
+            }
+        }
+        let mut current = write(&self.routes);
+        routes.epoch = current.epoch + 1;
+        *current = Arc::new(routes);
+        drop(current);
+        self.routes_changed.notify_waiters();
+    }
+
+    // ---- interest ----------------------------------------------------------------------
+
+    pub(super) fn local_interest(&self) -> WireInterest {
+        lock(&self.local).interest(self.incarnation)
+    }
+
+    /// Records a peer's interest (newer versions win; a new incarnation replaces the old).
+    fn learn(&self, from: &NodeId, generation: u64, theirs: WireInterest) {
+        let mut peers = lock(&self.peers);
+        if let Some(k) = peers.known.get(from)
+            && k.incarnation == theirs.incarnation
+            && k.generation == generation
+            && k.version >= theirs.version
+        {
+            return;
+        }
+        let topics =
+            theirs.topics.into_iter().map(|t| (t.topic, (t.broadcast, t.groups))).collect();
+        peers.known.insert(
+            from.clone(),
+            PeerInterest {
+                generation,
+                incarnation: theirs.incarnation,
+                version: theirs.version,
+                topics,
+            },
+        );
+        drop(peers);
+        self.rebuild_routes();
+    }
+
+    /// A peer sent its interest: keep it, answer with ours.
+    pub(super) fn on_interest(&self, from: &NodeId, theirs: WireInterest) -> WireInterest {
+        let generation = self.view.borrow().get(from).map(|m| m.generation).unwrap_or(0);
+        self.learn(from, generation, theirs);
+        self.local_interest()
+    }
+
+    /// One exchange of interest with `peer`.
+    async fn exchange(&self, peer: NodeId, generation: u64) -> Result<(), MessagingError> {
+        let ours = self.local_interest();
+        let version = ours.version;
+        match self.call(&peer, EventsOp::Interest(ours)).await? {
+            EventsReply::Interest(theirs) => {
+                lock(&self.peers).confirmed.insert(peer.clone(), version);
+                self.learn(&peer, generation, theirs);
+                Ok(())
+            }
+            EventsReply::Batch(_) => Err(MessagingError::Remote {
+                peer,
+                code: ErrorCode::BadRequest,
+                message: "answered an interest exchange with a batch reply".into(),
+            }),
+        }
+    }
+
+    /// Exchanges interest with every live peer that has not confirmed our current version (or
+    /// all of them when `all`), concurrently, until `deadline`. Returns whether all succeeded.
+    async fn exchange_round(self: &Arc<Self>, all: bool, deadline: Instant) -> bool {
+        let view = self.view.borrow().clone();
+        let version = lock(&self.local).version;
+        let mut set = JoinSet::new();
+        {
+            let peers = lock(&self.peers);
+            for m in view.live().filter(|m| m.id != self.me) {
+                let known = peers.known.get(&m.id).is_some_and(|k| k.generation == m.generation);
+                let confirmed = peers.confirmed.get(&m.id) == Some(&version);
+                if all || !known || !confirmed {
+                    let (rt, id, generation) = (self.clone(), m.id.clone(), m.generation);
+                    set.spawn(async move { (id.clone(), rt.exchange(id, generation).await) });
+                }
+            }
+        }
+        let mut ok = true;
+        loop {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(Some(Ok((_, Ok(()))))) => {}
+                Ok(Some(Ok((peer, Err(e))))) => {
+                    tracing::debug!(node = %self.me, peer = %peer, error = %e, "interest exchange failed");
+                    ok = false;
+                }
+                Ok(Some(Err(_))) => ok = false,
+                Ok(None) => return ok,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Local subscriptions changed: reroute, and tell every live peer (waiting at most
+    /// `publish_timeout` for them to confirm; the background task retries the rest).
+    pub(super) async fn interest_changed(self: &Arc<Self>) {
+        self.rebuild_routes();
+        let deadline = Instant::now() + self.config.publish_timeout;
+        if !self.exchange_round(false, deadline).await {
+            tracing::debug!(node = %self.me, "not every live member confirmed a subscription change yet");
+            self.exchange_now.notify_one();
+        }
+    }
+
+    /// Follows membership and keeps interest exchanged: with new members at once, with
+    /// everyone every `interest_interval`, and retries failures.
+    pub(crate) async fn run_exchange(self: Arc<Self>) {
+        let mut view = self.view.clone();
+        let mut next_full = Instant::now() + self.config.interest_interval;
+        let retry = self.config.request_timeout.min(Duration::from_secs(1));
+        loop {
+            self.on_membership();
+            let all = Instant::now() >= next_full;
+            if all {
+                next_full = Instant::now() + self.config.interest_interval;
+            }
+            let deadline = Instant::now() + self.config.request_timeout;
+            let ok = self.exchange_round(all, deadline).await;
+            let wake = if ok { next_full } else { (Instant::now() + retry).min(next_full) };
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = self.exchange_now.notified() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Membership changed: streams to departed incarnations close (their undelivered group
+    /// events go elsewhere), interest of departed incarnations is forgotten, routes rebuilt.
+    fn on_membership(self: &Arc<Self>) {
+        let view = self.view.borrow().clone();
+        let live: HashMap<&NodeId, u64> = view.live().map(|m| (&m.id, m.generation)).collect();
+        {
+            let mut peers = lock(&self.peers);
+            // Keep what matches a live incarnation, and what was learnt from a peer before it
+            // appeared in our view (generation 0); forget departed incarnations.
+            peers.known.retain(|n, k| match live.get(n) {
+                Some(g) => *g == k.generation,
+                None => k.generation == 0,
+            });
+            peers.confirmed.retain(|n, _| live.contains_key(n));
+        }
+        self.rebuild_routes();
+        let gone: Vec<NodeId> = {
+            let p = lock(&self.publishing);
+            p.streams
+                .values()
+                .filter(|s| s.to != self.me && live.get(&s.to) != Some(&s.generation))
+                .map(|s| s.to.clone())
+                .collect()
+        };
+        for node in gone {
+            self.close_stream(&node);
+        }
+        lock(&self.inbound).retain(|n, _| live.contains_key(n) || *n == self.me);
+    }
+
+    // ---- local subscriptions -------------------------------------------------------------
+
+    /// Registers a broadcast subscription (peers are told by the caller).
+    pub(super) fn add_broadcast(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<(Arc<str>, Arc<BroadcastQueue>), EventsError> {
+        if self.closing.load(Relaxed) {
+            return Err(EventsError::ShuttingDown);
+        }
+        let mut local = lock(&self.local);
+        local.next_id += 1;
+        local.version += 1;
+        let id = local.next_id;
+        let t = local
+            .topics
+            .entry(Arc::from(topic))
+            .or_insert_with(|| LocalTopic::new(Arc::from(topic)));
+        let queue = Arc::new(BroadcastQueue::new(id, options.capacity, options.overflow));
+        t.broadcast.push(queue.clone());
+        Ok((t.name.clone(), queue))
+    }
+
+    /// A broadcast subscription was dropped.
+    pub(super) fn remove_broadcast(self: &Arc<Self>, topic: &str, id: u64) {
+        {
+            let mut local = lock(&self.local);
+            let Some(t) = local.topics.get_mut(topic) else { return };
+            t.broadcast.retain(|q| q.id != id);
+            if t.broadcast.is_empty() {
+                // A later subscription starts from whatever arrives next.
+                t.seqs.clear();
+            }
+            if t.is_empty() {
+                local.topics.remove(topic);
+            }
+            local.version += 1;
+        }
+        self.rebuild_routes();
+        self.exchange_now.notify_one();
+    }
+
+    /// Adds a member to the node's queue of `group` (opening the queue if there is none).
+    pub(super) fn join_group(
+        &self,
+        topic: &str,
+        group: &str,
+        options: GroupOptions,
+    ) -> Result<Arc<GroupQueue>, EventsError> {
+        if self.closing.load(Relaxed) {
+            return Err(EventsError::ShuttingDown);
+        }
+        let mut local = lock(&self.local);
+        local.version += 1;
+        let t = local
+            .topics
+            .entry(Arc::from(topic))
+            .or_insert_with(|| LocalTopic::new(Arc::from(topic)));
+        let queue = match t.groups.get(group) {
+            Some(q) if q.accepts() != Err(Refusal::NoMember) => q.clone(),
+            _ => {
+                let q = Arc::new(GroupQueue::new(
+                    t.name.clone(),
+                    Arc::from(group),
+                    options.capacity,
+                    options.ack_deadline,
+                ));
+                t.groups.insert(Arc::from(group), q.clone());
+                q
+            }
+        };
+        queue.join();
+        Ok(queue)
+    }
+
+    /// A group member was dropped; if it was the node's last member of the group, what the
+    /// node held for the group goes back to the publishers.
+    pub(super) fn leave_group(self: &Arc<Self>, queue: &Arc<GroupQueue>) {
+        let given_back = queue.leave();
+        let last = {
+            let mut local = lock(&self.local);
+            let topic = &*queue.topic;
+            let Some(t) = local.topics.get_mut(topic) else { return };
+            let last = t.groups.get(&*queue.group).is_some_and(|q| Arc::ptr_eq(q, queue))
+                && queue.accepts() == Err(Refusal::NoMember);
+            if last {
+                t.groups.remove(&*queue.group);
+                if t.is_empty() {
+                    local.topics.remove(topic);
+                }
+                local.version += 1;
+            }
+            last
+        };
+        if last {
+            self.rebuild_routes();
+            self.exchange_now.notify_one();
+        }
+        for held in given_back {
+            self.settle_out(&held.event, &queue.group, false);
+        }
+    }
+
+    // ---- requests ----------------------------------------------------------------------
+
+    pub(super) async fn call(
+        &self,
+        peer: &NodeId,
+        op: EventsOp,
+    ) -> Result<EventsReply, MessagingError> {
+        let payload = Bytes::from(EventsRequest { op: Some(op) }.encode_to_vec());
+        let answer =
+            self.links.request(peer, Channel::Events, payload, self.config.request_timeout).await?;
+        EventsResponse::decode(answer).ok().and_then(|r| r.reply).ok_or_else(|| {
+            MessagingError::Remote {
+                peer: peer.clone(),
+                code: ErrorCode::BadRequest,
+                message: "malformed events response".into(),
+            }
+        })
+    }
+
+    // ---- receiving ---------------------------------------------------------------------
+
+    /// Applies a batch of `from`'s stream: each item once, in order, stopping at the first
+    /// event a full queue cannot take (the publisher resends the rest).
+    pub(super) fn accept_batch(
+        self: &Arc<Self>,
+        from: &NodeId,
+        batch: Batch,
+    ) -> Result<BatchReply, (ErrorCode, String)> {
+        let mut inbound = lock(&self.inbound);
+        let kept = inbound.get(from).copied();
+        let len = batch.items.len();
+        let (skip, mut cursor) =
+            match StreamCursor::admit(kept, batch.incarnation, batch.stream, batch.first, len) {
+                Admission::Apply { skip, cursor } => (skip, cursor),
+                Admission::Stale => {
+                    return Err((ErrorCode::Refused, "stale stream".into()));
+                }
+            };
+        self.stats.duplicates.fetch_add(skip as u64, Relaxed);
+        if *from != self.me {
+            self.stats.received.fetch_add((len - skip) as u64, Relaxed);
+        }
+        let mut accepted = skip;
+        let mut returned = Vec::new();
+        let mut settles = Vec::new();
+        for (index, item) in batch.items.into_iter().enumerate().skip(skip) {
+            match item.kind {
+                Some(ItemKind::Event(e)) => {
+                    match self.deliver(from, batch.incarnation, e) {
+                        Some(groups) => returned.extend(
+                            groups.into_iter().map(|group| Returned { index: index as u32, group }),
+                        ),
+                        // A queue applying back-pressure is full: the publisher resends.
+                        None => break,
+                    }
+                }
+                Some(ItemKind::Ack(s)) => settles.push((true, s)),
+                Some(ItemKind::Nack(s)) => {
+                    if s.incarnation == self.incarnation {
+                        settles.push((false, s));
+                    } else {
+                        returned.push(Returned { index: index as u32, group: String::new() });
+                    }
+                }
+                None => {}
+            }
+            accepted += 1;
+        }
+        cursor.next = batch.first + accepted as u64;
+        inbound.insert(from.clone(), cursor);
+        drop(inbound);
+        for (ack, s) in settles {
+            if ack {
+                self.on_ack(s);
+            } else {
+                self.on_nack(from, s);
+            }
+        }
+        Ok(BatchReply { accepted: accepted as u32, returned })
+    }
+
+    /// Delivers one event to this node's subscribers of its topic: every broadcast
+    /// subscription and the named groups. Refuses it whole when a queue that applies
+    /// back-pressure is full; returns the groups that have no member here.
+    fn deliver(
+        self: &Arc<Self>,
+        from: &NodeId,
+        incarnation: u64,
+        e: WireEvent,
+    ) -> Option<Vec<String>> {
+        let mut local = lock(&self.local);
+        let Some(t) = local.topics.get_mut(e.topic.as_str()) else {
+            return Some(e.groups.into_iter().map(|g| g.group).collect());
+        };
+        if e.broadcast && t.broadcast.iter().any(|q| !q.has_room()) {
+            return None;
+        }
+        let mut returned = Vec::new();
+        let mut takers = Vec::new();
+        for part in e.groups {
+            match t.groups.get(part.group.as_str()).map(|q| (q, q.accepts())) {
+                Some((q, Ok(()))) => takers.push((q.clone(), part.attempt)),
+                Some((_, Err(Refusal::Full))) => return None,
+                _ => returned.push(part.group),
+            }
+        }
+        let event = Event {
+            id: EventId { publisher: from.clone(), incarnation, seq: e.seq },
+            topic: t.name.clone(),
+            payload: e.payload,
+            published_at_ms: e.published_at_ms,
+            attempt: 1,
+        };
+        if e.broadcast && !t.broadcast.is_empty() {
+            let (seen, keep) = observe_seq(t.seqs.get(from).copied(), incarnation, e.seq);
+            t.seqs.insert(from.clone(), (incarnation, keep));
+            let gap = match seen {
+                SeqObservation::Duplicate => None,
+                SeqObservation::InOrder => Some(None),
+                SeqObservation::Gap { missed } => {
+                    self.stats.gaps.fetch_add(missed, Relaxed);
+                    Some(Some(missed))
+                }
+            };
+            if let Some(gap) = gap {
+                for q in &t.broadcast {
+                    if q.push(event.clone(), gap) {
+                        self.stats.lagged.fetch_add(1, Relaxed);
+                    } else {
+                        self.stats.delivered.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+        drop(local);
+        for (q, attempt) in takers {
+            let held = Held { event: Event { attempt, ..event.clone() } };
+            if let Err(held) = q.push(held) {
+                // The last member left between the check and now: give it back to its
+                // publisher like any other refusal.
+                self.settle_out(&held.event, &q.group, false);
+            } else {
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+        }
+        Some(returned)
+    }
+
+    // ---- group acknowledgements ---------------------------------------------------------
+
+    /// A group member on this node settled `event` (ack) or gave it back (nack): tell its
+    /// publisher. If the publisher is gone, a given-back event is redelivered here.
+    pub(super) fn settle_out(self: &Arc<Self>, event: &Event, group: &str, ack: bool) {
+        let settle = Settle {
+            incarnation: event.id.incarnation,
+            topic: event.topic.to_string(),
+            seq: event.id.seq,
+            group: group.to_owned(),
+            attempt: event.attempt,
+        };
+        if ack {
+            self.stats.acked.fetch_add(1, Relaxed);
+        } else {
+            self.stats.nacked.fetch_add(1, Relaxed);
+        }
+        let publisher = &event.id.publisher;
+        if *publisher == self.me {
+            if event.id.incarnation == self.incarnation {
+                if ack {
+                    self.on_ack(settle);
+                } else {
+                    self.on_nack(&self.me.clone(), settle);
+                }
+            } else if !ack {
+                self.requeue_locally(event.clone(), group);
+            }
+            return;
+        }
+        let generation =
+            self.view.borrow().live().find(|m| m.id == *publisher).map(|m| m.generation);
+        match generation {
+            Some(generation) => {
+                let kind = if ack { ItemKind::Ack(settle) } else { ItemKind::Nack(settle) };
+                self.enqueue_settle(publisher, generation, kind, event, group);
+            }
+            None if !ack => self.requeue_locally(event.clone(), group),
+            None => {}
+        }
+    }
+
+    /// The publisher of a group event is gone: this node delivers it again to the group's
+    /// members here (the publisher's redelivery duty passes to the node holding the event).
+    pub(super) fn requeue_locally(&self, mut event: Event, group: &str) {
+        let q =
+            lock(&self.local).topics.get(&*event.topic).and_then(|t| t.groups.get(group).cloned());
+        event.attempt += 1;
+        let held = Held { event };
+        match q.map(|q| q.push(held)) {
+            Some(Ok(())) => {
+                self.stats.redelivered.fetch_add(1, Relaxed);
+            }
+            _ => {
+                self.stats.abandoned.fetch_add(1, Relaxed);
+                tracing::error!(node = %self.me, group, "a group event was abandoned: its publisher is gone and the group has no member here");
+            }
+        }
+    }
+
+    /// Ticks: missed acknowledgement deadlines give events back; held group events are
+    /// retried.
+    pub(crate) async fn run_ticks(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.config.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = Instant::now();
+            let queues: Vec<Arc<GroupQueue>> = lock(&self.local)
+                .topics
+                .values()
+                .flat_map(|t| t.groups.values().cloned())
+                .collect();
+            for q in queues {
+                for held in q.expired(now) {
+                    self.stats.deadlines_missed.fetch_add(1, Relaxed);
+                    self.settle_out(&held.event, &q.group, false);
+                }
+            }
+            self.retry_held();
+        }
+    }
+
+    /// Counters.
+    pub(super) fn stats(&self) -> EventsStats {
+        let s = &self.stats;
+        let (pending, held) = self.pending_counts();
+        EventsStats {
+            published: s.published.load(Relaxed),
+            unconfirmed: s.unconfirmed.load(Relaxed),
+            delivered: s.delivered.load(Relaxed),
+            redelivered: s.redelivered.load(Relaxed),
+            acked: s.acked.load(Relaxed),
+            nacked: s.nacked.load(Relaxed),
+            deadlines_missed: s.deadlines_missed.load(Relaxed),
+            lagged: s.lagged.load(Relaxed),
+            gaps: s.gaps.load(Relaxed),
+            duplicates: s.duplicates.load(Relaxed),
+            abandoned: s.abandoned.load(Relaxed),
+            batches: s.batches.load(Relaxed),
+            batch_failures: s.batch_failures.load(Relaxed),
+            received: s.received.load(Relaxed),
+            unacked: pending,
+            held,
+        }
+    }
+
+    /// Stops for shutdown: local subscriptions close (group events they held go back to
+    /// their publishers), peers are told, and queued events get until `timeout` to leave.
+    pub(crate) async fn drain(self: &Arc<Self>, timeout: Duration) -> bool {
+        self.closing.store(true, Relaxed);
+        let deadline = Instant::now() + timeout;
+        let topics = std::mem::take(&mut lock(&self.local).topics);
+        lock(&self.local).version += 1;
+        for t in topics.values() {
+            for q in &t.broadcast {
+                q.close();
+            }
+            for q in t.groups.values() {
+                for held in q.close() {
+                    self.settle_out(&held.event, &q.group, false);
+                }
+            }
+        }
+        self.rebuild_routes();
+        self.exchange_round(false, deadline).await;
+        self.flushed(deadline).await
+    }
+}
+
+/// Routes the Events channel to the node's event bus.
+pub(crate) struct EventsDispatch(pub Weak<Runtime>);
+
+impl EventsDispatch {
+    pub fn dispatch(&self, from: &NodeId, payload: Bytes, reply: Responder) {
+        let Some(rt) = self.0.upgrade() else {
+            reply.fail(ErrorCode::ShuttingDown, "event bus stopped");
+            return;
+        };
+        let Some(op) = EventsRequest::decode(payload).ok().filter(|r| r.check()).and_then(|r| r.op)
+        else {
+            reply.fail(ErrorCode::BadRequest, "malformed events request");
+            return;
+        };
+        let answer = match op {
+            EventsOp::Interest(theirs) => Ok(EventsReply::Interest(rt.on_interest(from, theirs))),
+            EventsOp::Batch(batch) => rt.accept_batch(from, batch).map(EventsReply::Batch),
+        };
+        match answer {
+            Ok(a) => reply.respond(Bytes::from(EventsResponse { reply: Some(a) }.encode_to_vec())),
+            Err((code, message)) => reply.fail(code, message),
+        }
+    }
+}

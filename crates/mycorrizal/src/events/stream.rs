@@ -1,0 +1,843 @@
+//! The publishing side: one ordered stream per destination node, the `publish` path, and the
+//! group deliveries a publisher owns until a member acknowledges them.
+//!
+//! A stream sends one batch at a time and resends it until the destination takes it, so items
+//! arrive in the order they were queued (per-publisher FIFO) and a resent batch is applied once
+//! (`StreamCursor`). Queues are bounded: a publish waits for room (back-pressure) until its
+//! deadline; a stream full for longer than that is skipped at once and its subscribers see a
+//! gap.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    pin::Pin,
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mycorrizal_core::{
+    NodeId,
+    events::choose_member,
+    wire::{
+        events::{
+            Batch, EventsOp, EventsReply, GroupPart, Item, ItemKind, Returned, Settle, WireEvent,
+        },
+        messages::ErrorCode,
+    },
+};
+use tokio::{
+    sync::{Notify, futures::OwnedNotified, oneshot},
+    time::Instant,
+};
+
+use super::{
+    Event, EventId, PublishError, Reason, Target, Unconfirmed,
+    runtime::{Dest, Routes, Runtime, TopicRoute},
+};
+use crate::{cluster::MessagingError, sync::lock};
+
+/// Shortest and longest pause before resending a batch the destination could not take whole.
+const FULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+/// Shortest and longest pause before resending a batch that failed.
+const ERROR_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+
+type Confirm = oneshot::Sender<Result<(), Reason>>;
+
+/// (topic, topic sequence number, group): one group delivery.
+type PendingKey = (String, u64, String);
+
+/// A group delivery this node published and no member has acknowledged yet.
+struct Pending {
+    payload: Bytes,
+    published_at_ms: u64,
+    attempt: u32,
+    /// The node it was last sent to; `None` while no member can take it (held).
+    at: Option<NodeId>,
+    /// The publish waiting for a first member to take it.
+    confirm: Option<Confirm>,
+}
+
+/// Publisher state: topic numbers, streams, group deliveries in flight.
+#[derive(Default)]
+pub(super) struct Publishing {
+    seqs: HashMap<Arc<str>, u64>,
+    pub streams: HashMap<NodeId, Arc<Stream>>,
+    next_stream: u64,
+    pending: HashMap<PendingKey, Pending>,
+    /// Unacknowledged group deliveries per node, to send the next one to the least loaded.
+    load: HashMap<NodeId, u64>,
+    held: usize,
+    rotation: u64,
+}
+
+/// One destination's ordered stream.
+pub(super) struct Stream {
+    pub to: NodeId,
+    pub generation: u64,
+    id: u64,
+    state: Mutex<StreamState>,
+    /// Wakes the stream's sender task (its only waiter).
+    wake: Notify,
+    /// Wakes publishers waiting for room.
+    space: Arc<Notify>,
+}
+
+struct StreamState {
+    queue: VecDeque<Queued>,
+    /// Number of the next item queued.
+    next: u64,
+    /// Counted events and their payload bytes (published events; redeliveries and
+    /// acknowledgements are bounded elsewhere and not counted).
+    events: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+struct Queued {
+    seq: u64,
+    item: Item,
+    bytes: usize,
+    counted: bool,
+    queued_at: Instant,
+    /// The publish waiting for this node's broadcast subscribers to take it.
+    done: Option<Confirm>,
+    /// For a nack: the event, to deliver it here again if its publisher cannot take it back.
+    nacked: Option<(Event, Arc<str>)>,
+}
+
+/// Whether a stream has room for one more published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Yes,
+    /// Full: wait for room.
+    Wait,
+    /// Its oldest item has waited longer than a publish may: skip it.
+    Stalled,
+}
+
+impl Stream {
+    fn new(to: NodeId, generation: u64, id: u64) -> Self {
+        Stream {
+            to,
+            generation,
+            id,
+            state: Mutex::new(StreamState {
+                queue: VecDeque::new(),
+                next: 1,
+                events: 0,
+                bytes: 0,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            space: Arc::new(Notify::new()),
+        }
+    }
+
+    fn room(&self, rt: &Runtime, size: usize, now: Instant) -> Room {
+        let s = lock(&self.state);
+        let fits = s.events < rt.config.stream_events
+            && (s.bytes == 0 || s.bytes + size <= rt.config.stream_bytes);
+        if s.queue.front().is_some_and(|q| q.queued_at + rt.config.publish_timeout <= now) {
+            // The destination has not taken anything for a whole publish timeout: do not
+            // make every publish wait that long again.
+            Room::Stalled
+        } else if fits {
+            Room::Yes
+        } else {
+            Room::Wait
+        }
+    }
+
+    /// Queues an item; gives it back if the stream is closed.
+    fn push(&self, mut q: Queued) -> Result<(), Queued> {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return Err(q);
+        }
+        q.seq = s.next;
+        s.next += 1;
+        if q.counted {
+            s.events += 1;
+            s.bytes += q.bytes;
+        }
+        s.queue.push_back(q);
+        drop(s);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The items to send next (copies: they leave the queue only once taken), or `None` when
+    /// the queue is empty; `Err` once closed.
+    fn next_batch(&self, rt: &Runtime) -> Result<Option<(u64, Vec<Item>)>, ()> {
+        let s = lock(&self.state);
+        if s.closed {
+            return Err(());
+        }
+        let Some(first) = s.queue.front().map(|q| q.seq) else {
+            return Ok(None);
+        };
+        let mut bytes = 0;
+        let mut items = Vec::new();
+        for q in &s.queue {
+            if !items.is_empty()
+                && (items.len() >= rt.config.batch_events
+                    || bytes + q.bytes > rt.config.batch_bytes)
+            {
+                break;
+            }
+            bytes += q.bytes;
+            items.push(q.item.clone());
+        }
+        Ok(Some((first, items)))
+    }
+
+    /// Removes the first `n` items, which the destination took.
+    fn taken(&self, first: u64, n: usize) -> Vec<Queued> {
+        let mut s = lock(&self.state);
+        if s.closed || s.queue.front().map(|q| q.seq) != Some(first) {
+            return Vec::new();
+        }
+        let n = n.min(s.queue.len());
+        let taken: Vec<Queued> = s.queue.drain(..n).collect();
+        for q in taken.iter().filter(|q| q.counted) {
+            s.events -= 1;
+            s.bytes -= q.bytes;
+        }
+        drop(s);
+        self.space.notify_waiters();
+        taken
+    }
+
+    fn close(&self) -> Vec<Queued> {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        let items = s.queue.drain(..).collect();
+        drop(s);
+        self.wake.notify_one();
+        self.space.notify_waiters();
+        items
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.state).queue.is_empty()
+    }
+}
+
+/// One destination of a publish and what it gets.
+struct Planned {
+    broadcast: bool,
+    groups: Vec<String>,
+}
+
+impl Runtime {
+    /// Publishes `payload` on `topic`; see [`Events::publish`](super::Events::publish).
+    pub(super) async fn publish(
+        self: &Arc<Self>,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<EventId, PublishError> {
+        super::check("topic", topic)?;
+        if payload.len() > self.config.max_payload {
+            return Err(super::EventsError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.config.max_payload,
+            }
+            .into());
+        }
+        if self.closing.load(Relaxed) {
+            return Err(super::EventsError::ShuttingDown.into());
+        }
+        let deadline = Instant::now() + self.config.publish_timeout;
+        let routes = self.interest_known(deadline).await;
+        let mut missing: Vec<Unconfirmed> = routes
+            .unknown
+            .iter()
+            .map(|(n, _)| Unconfirmed {
+                target: Target::Node(n.clone()),
+                reason: Reason::InterestUnknown,
+            })
+            .collect();
+        let (seq, waits) = loop {
+            match self.try_enqueue(topic, &payload, deadline, &mut missing) {
+                Ok(done) => break done,
+                Err(Some(wait)) => {
+                    // Registered before the lock was released: no wake-up is lost.
+                    let _ = tokio::time::timeout_at(deadline, wait).await;
+                }
+                Err(None) => {}
+            }
+        };
+        self.stats.published.fetch_add(1, Relaxed);
+        for (target, rx) in waits {
+            let reason = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(()))) => continue,
+                Ok(Ok(Err(reason))) => reason,
+                Ok(Err(_)) => Reason::Down,
+                Err(_) => match &target {
+                    Target::Group(g) => {
+                        let key = (topic.to_owned(), seq, g.clone());
+                        let p = lock(&self.publishing);
+                        match p.pending.get(&key) {
+                            Some(Pending { at: None, .. }) => Reason::Held,
+                            _ => Reason::Timeout,
+                        }
+                    }
+                    Target::Node(_) => Reason::Timeout,
+                },
+            };
+            missing.push(Unconfirmed { target, reason });
+        }
+        let id = EventId { publisher: self.me.clone(), incarnation: self.incarnation, seq };
+        if missing.is_empty() {
+            Ok(id)
+        } else {
+            self.stats.unconfirmed.fetch_add(1, Relaxed);
+            missing.sort_by(|a, b| a.target.cmp(&b.target));
+            Err(PublishError::Unconfirmed { id, missing })
+        }
+    }
+
+    /// Waits (until `deadline`, and no longer than `publish_timeout` after a peer became
+    /// unknown) for the subscriptions of every live peer to be known.
+    async fn interest_known(&self, deadline: Instant) -> Arc<Routes> {
+        loop {
+            let wait = self.routes_changed.notified();
+            tokio::pin!(wait);
+            wait.as_mut().enable();
+            let routes = self.routes();
+            let until = routes
+                .unknown
+                .iter()
+                .map(|(_, since)| *since + self.config.publish_timeout)
+                .max()
+                .map(|u| u.min(deadline));
+            match until {
+                Some(until) if Instant::now() < until => {
+                    let _ = tokio::time::timeout_at(until, wait).await;
+                }
+                _ => return routes,
+            }
+        }
+    }
+
+    /// Takes the publishing lock once: plans the destinations, and either queues the event on
+    /// every stream (returning its number and what to wait for) or returns what to wait on
+    /// for room.
+    #[allow(clippy::type_complexity)]
+    fn try_enqueue(
+        self: &Arc<Self>,
+        topic: &str,
+        payload: &Bytes,
+        deadline: Instant,
+        missing: &mut Vec<Unconfirmed>,
+    ) -> Result<(u64, Vec<(Target, oneshot::Receiver<Result<(), Reason>>)>), Option<Armed>> {
+        let routes = self.routes();
+        let empty = TopicRoute::default();
+        let route = routes.topics.get(topic).unwrap_or(&empty);
+        let now = Instant::now();
+        let late = now >= deadline;
+        let size = payload.len();
+        let mut p = lock(&self.publishing);
+        let mut plan: BTreeMap<NodeId, Planned> = BTreeMap::new();
+        let mut rooms: HashMap<NodeId, (Arc<Stream>, Room)> = HashMap::new();
+        let mut room_of = |rt: &Arc<Runtime>, p: &mut Publishing, d: &Dest| -> Room {
+            if let Some((_, r)) = rooms.get(&d.node) {
+                return *r;
+            }
+            let s = rt.stream_for(p, d);
+            let r = s.room(rt, size, now);
+            rooms.insert(d.node.clone(), (s, r));
+            r
+        };
+        let mut skipped: Vec<Unconfirmed> = Vec::new();
+        for d in &route.broadcast {
+            match room_of(self, &mut p, d) {
+                Room::Yes | Room::Wait => {
+                    plan.entry(d.node.clone())
+                        .or_insert_with(|| Planned { broadcast: false, groups: vec![] })
+                        .broadcast = true
+                }
+                Room::Stalled => skipped.push(Unconfirmed {
+                    target: Target::Node(d.node.clone()),
+                    reason: Reason::Stalled,
+                }),
+            }
+        }
+        let mut held_groups = Vec::new();
+        let unacked_full = !route.groups.is_empty() && p.pending.len() >= self.config.max_unacked;
+        if unacked_full && !late {
+            return Err(Some(armed(&self.acked)));
+        }
+        for (group, members) in &route.groups {
+            if unacked_full {
+                skipped.push(Unconfirmed {
+                    target: Target::Group(group.clone()),
+                    reason: Reason::Stalled,
+                });
+                continue;
+            }
+            let open: Vec<&Dest> =
+                members.iter().filter(|d| room_of(self, &mut p, d) != Room::Stalled).collect();
+            let loads: Vec<(&NodeId, u64)> =
+                open.iter().map(|d| (&d.node, p.load.get(&d.node).copied().unwrap_or(0))).collect();
+            p.rotation = p.rotation.wrapping_add(1);
+            match choose_member(&loads, None, p.rotation) {
+                Some(node) => {
+                    plan.entry(node.clone())
+                        .or_insert_with(|| Planned { broadcast: false, groups: vec![] })
+                        .groups
+                        .push(group.clone());
+                }
+                None => held_groups.push(group.clone()),
+            }
+        }
+        // Room everywhere, or wait for the first full stream (skipping full ones once late).
+        for node in plan.keys() {
+            let (stream, room) = &rooms[node];
+            if *room == Room::Wait && !late {
+                let wait = armed(&stream.space);
+                // Room may have appeared between the check and the registration.
+                return Err((stream.room(self, size, Instant::now()) == Room::Wait).then_some(wait));
+            }
+        }
+        let seq = {
+            let s = p.seqs.entry(Arc::from(topic)).or_insert(0);
+            *s += 1;
+            *s
+        };
+        let published_at_ms = self.clock.now_ms();
+        let mut waits = Vec::new();
+        for (node, planned) in plan {
+            let (stream, room) = rooms.remove(&node).expect("planned nodes have a room");
+            if room != Room::Yes {
+                // Late and still full: not sent.
+                if planned.broadcast {
+                    skipped.push(Unconfirmed {
+                        target: Target::Node(node.clone()),
+                        reason: Reason::Stalled,
+                    });
+                }
+                held_groups.extend(planned.groups);
+                continue;
+            }
+            let done = planned.broadcast.then(|| {
+                let (tx, rx) = oneshot::channel();
+                waits.push((Target::Node(node.clone()), rx));
+                tx
+            });
+            for group in &planned.groups {
+                let (tx, rx) = oneshot::channel();
+                waits.push((Target::Group(group.clone()), rx));
+                p.pending.insert(
+                    (topic.to_owned(), seq, group.clone()),
+                    Pending {
+                        payload: payload.clone(),
+                        published_at_ms,
+                        attempt: 1,
+                        at: Some(node.clone()),
+                        confirm: Some(tx),
+                    },
+                );
+                *p.load.entry(node.clone()).or_insert(0) += 1;
+            }
+            let item = Item {
+                kind: Some(ItemKind::Event(WireEvent {
+                    topic: topic.to_owned(),
+                    seq,
+                    payload: payload.clone(),
+                    broadcast: planned.broadcast,
+                    groups: planned
+                        .groups
+                        .iter()
+                        .map(|g| GroupPart { group: g.clone(), attempt: 1 })
+                        .collect(),
+                    published_at_ms,
+                })),
+            };
+            let queued = Queued {
+                seq: 0,
+                item,
+                bytes: size,
+                counted: true,
+                queued_at: now,
+                done,
+                nacked: None,
+            };
+            if let Err(q) = stream.push(queued) {
+                // Closed since we looked (its node left): as if it left first.
+                if let Some(done) = q.done {
+                    let _ = done.send(Err(Reason::Down));
+                }
+                for group in &planned.groups {
+                    self.reroute(
+                        &mut p,
+                        &routes,
+                        &(topic.to_owned(), seq, group.clone()),
+                        Some(&node),
+                    );
+                }
+            }
+        }
+        for group in held_groups {
+            // Every member's stream is stalled: keep it and retry on ticks.
+            let (tx, rx) = oneshot::channel();
+            waits.push((Target::Group(group.clone()), rx));
+            p.pending.insert(
+                (topic.to_owned(), seq, group),
+                Pending {
+                    payload: payload.clone(),
+                    published_at_ms,
+                    attempt: 1,
+                    at: None,
+                    confirm: Some(tx),
+                },
+            );
+            p.held += 1;
+        }
+        drop(p);
+        missing.extend(skipped);
+        Ok((seq, waits))
+    }
+
+    /// The stream to `dest`, opened (and its sender task started) if there is none; a stream
+    /// to an older incarnation of the node is closed first.
+    fn stream_for(self: &Arc<Self>, p: &mut Publishing, dest: &Dest) -> Arc<Stream> {
+        if let Some(s) = p.streams.get(&dest.node) {
+            if s.generation == dest.generation {
+                return s.clone();
+            }
+            self.close_locked(p, &dest.node.clone());
+        }
+        p.next_stream += 1;
+        let s = Arc::new(Stream::new(dest.node.clone(), dest.generation, p.next_stream));
+        p.streams.insert(dest.node.clone(), s.clone());
+        if !self.closing.load(Relaxed) || dest.node != self.me {
+            tokio::spawn(self.clone().run_stream(s.clone()));
+        }
+        s
+    }
+
+    /// Closes the stream to `node` (it left): publishes waiting on it learn `Down`, its group
+    /// deliveries and those its node had taken go to other members, its nacks are delivered
+    /// here again.
+    pub(super) fn close_stream(self: &Arc<Self>, node: &NodeId) {
+        let mut p = lock(&self.publishing);
+        self.close_locked(&mut p, node);
+    }
+
+    fn close_locked(self: &Arc<Self>, p: &mut Publishing, node: &NodeId) {
+        let Some(stream) = p.streams.remove(node) else { return };
+        for q in stream.close() {
+            if let Some(done) = q.done {
+                let _ = done.send(Err(Reason::Down));
+            }
+            if let Some((event, group)) = q.nacked {
+                self.requeue_locally(event, &group);
+            }
+        }
+        let routes = self.routes();
+        let mut keys: Vec<PendingKey> = p
+            .pending
+            .iter()
+            .filter(|(_, e)| e.at.as_ref() == Some(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        for key in keys {
+            self.reroute(p, &routes, &key, Some(node));
+        }
+    }
+
+    /// Sends a group delivery (again) to a member, preferring one not on `avoid`; holds it if
+    /// no member can take it.
+    fn reroute(
+        self: &Arc<Self>,
+        p: &mut Publishing,
+        routes: &Routes,
+        key: &PendingKey,
+        avoid: Option<&NodeId>,
+    ) {
+        let Some(entry) = p.pending.get_mut(key) else { return };
+        match entry.at.take() {
+            Some(old) => {
+                if let Some(l) = p.load.get_mut(&old) {
+                    *l = l.saturating_sub(1);
+                }
+            }
+            None => p.held = p.held.saturating_sub(1),
+        }
+        let members: &[Dest] = routes
+            .topics
+            .get(&key.0)
+            .and_then(|r| r.groups.get(&key.2))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let loads: Vec<(&NodeId, u64)> =
+            members.iter().map(|d| (&d.node, p.load.get(&d.node).copied().unwrap_or(0))).collect();
+        p.rotation = p.rotation.wrapping_add(1);
+        let Some(dest) = choose_member(&loads, avoid, p.rotation)
+            .and_then(|n| members.iter().find(|d| d.node == *n))
+        else {
+            let entry = p.pending.get_mut(key).expect("present above");
+            entry.at = None;
+            p.held += 1;
+            return;
+        };
+        let stream = self.stream_for(p, dest);
+        let entry = p.pending.get_mut(key).expect("present above");
+        entry.attempt += 1;
+        let item = Item {
+            kind: Some(ItemKind::Event(WireEvent {
+                topic: key.0.clone(),
+                seq: key.1,
+                payload: entry.payload.clone(),
+                broadcast: false,
+                groups: vec![GroupPart { group: key.2.clone(), attempt: entry.attempt }],
+                published_at_ms: entry.published_at_ms,
+            })),
+        };
+        let bytes = entry.payload.len();
+        let queued = Queued {
+            seq: 0,
+            item,
+            bytes,
+            counted: false,
+            queued_at: Instant::now(),
+            done: None,
+            nacked: None,
+        };
+        if stream.push(queued).is_ok() {
+            entry.at = Some(dest.node.clone());
+            *p.load.entry(dest.node.clone()).or_insert(0) += 1;
+        } else {
+            entry.at = None;
+            p.held += 1;
+        }
+        self.stats.redelivered.fetch_add(1, Relaxed);
+    }
+
+    /// Retries group deliveries no member could take.
+    pub(super) fn retry_held(self: &Arc<Self>) {
+        let mut p = lock(&self.publishing);
+        if p.held == 0 {
+            return;
+        }
+        let routes = self.routes();
+        let mut keys: Vec<PendingKey> =
+            p.pending.iter().filter(|(_, e)| e.at.is_none()).map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        for key in keys {
+            self.reroute(&mut p, &routes, &key, None);
+        }
+    }
+
+    /// A member acknowledged a group delivery this node published.
+    pub(super) fn on_ack(&self, s: Settle) {
+        if s.incarnation != self.incarnation {
+            return;
+        }
+        let mut p = lock(&self.publishing);
+        if let Some(mut entry) = p.pending.remove(&(s.topic, s.seq, s.group)) {
+            match &entry.at {
+                Some(at) => {
+                    if let Some(l) = p.load.get_mut(at) {
+                        *l = l.saturating_sub(1);
+                    }
+                }
+                None => p.held = p.held.saturating_sub(1),
+            }
+            if let Some(confirm) = entry.confirm.take() {
+                let _ = confirm.send(Ok(()));
+            }
+        }
+        drop(p);
+        self.acked.notify_waiters();
+    }
+
+    /// A member on `from` gave a group delivery back: deliver it again, elsewhere if possible.
+    /// A nack from a node the delivery has since left (or for an older attempt) is stale.
+    pub(super) fn on_nack(self: &Arc<Self>, from: &NodeId, s: Settle) {
+        let mut p = lock(&self.publishing);
+        let key = (s.topic, s.seq, s.group);
+        let current = p
+            .pending
+            .get(&key)
+            .is_some_and(|e| e.at.as_ref() == Some(from) && e.attempt == s.attempt);
+        if current {
+            let routes = self.routes();
+            self.reroute(&mut p, &routes, &key, Some(from));
+        }
+    }
+
+    /// Queues an acknowledgement (or a nack) for `publisher` on the stream to it.
+    pub(super) fn enqueue_settle(
+        self: &Arc<Self>,
+        publisher: &NodeId,
+        generation: u64,
+        kind: ItemKind,
+        event: &Event,
+        group: &str,
+    ) {
+        let nack = matches!(kind, ItemKind::Nack(_));
+        let mut p = lock(&self.publishing);
+        let stream = self.stream_for(&mut p, &Dest { node: publisher.clone(), generation });
+        let queued = Queued {
+            seq: 0,
+            item: Item { kind: Some(kind) },
+            bytes: 0,
+            counted: false,
+            queued_at: Instant::now(),
+            done: None,
+            nacked: nack.then(|| (event.clone(), Arc::from(group))),
+        };
+        if let Err(q) = stream.push(queued)
+            && let Some((event, group)) = q.nacked
+        {
+            self.requeue_locally(event, &group);
+        }
+    }
+
+    /// (unacknowledged group deliveries, of which held for lack of a member).
+    pub(super) fn pending_counts(&self) -> (u64, u64) {
+        let p = lock(&self.publishing);
+        (p.pending.len() as u64, p.held as u64)
+    }
+
+    /// Waits until every stream to another node is empty, or `deadline`.
+    pub(super) async fn flushed(&self, deadline: Instant) -> bool {
+        loop {
+            let empty =
+                lock(&self.publishing).streams.values().all(|s| s.to == self.me || s.is_empty());
+            if empty {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes every stream (the node stopped); their tasks end.
+    pub(crate) fn stop(&self) {
+        self.closing.store(true, Relaxed);
+        let streams: Vec<Arc<Stream>> =
+            lock(&self.publishing).streams.drain().map(|(_, s)| s).collect();
+        for s in streams {
+            drop(s.close());
+        }
+    }
+
+    /// Sends the stream's batches, one at a time, until it closes.
+    async fn run_stream(self: Arc<Self>, stream: Arc<Stream>) {
+        let mut full_backoff = FULL_BACKOFF.0;
+        let mut error_backoff = ERROR_BACKOFF.0;
+        loop {
+            let (first, items) = match stream.next_batch(&self) {
+                Err(()) => return,
+                Ok(None) => {
+                    stream.wake.notified().await;
+                    continue;
+                }
+                Ok(Some(b)) => b,
+            };
+            let n = items.len();
+            let batch = Batch { incarnation: self.incarnation, stream: stream.id, first, items };
+            self.stats.batches.fetch_add(1, Relaxed);
+            let reply = if stream.to == self.me {
+                self.accept_batch(&self.me, batch).map_err(|(code, message)| {
+                    MessagingError::Remote { peer: self.me.clone(), code, message }
+                })
+            } else {
+                match self.call(&stream.to, EventsOp::Batch(batch)).await {
+                    Ok(EventsReply::Batch(r)) => Ok(r),
+                    Ok(EventsReply::Interest(_)) => Err(MessagingError::Remote {
+                        peer: stream.to.clone(),
+                        code: ErrorCode::BadRequest,
+                        message: "answered a batch with interest".into(),
+                    }),
+                    Err(e) => Err(e),
+                }
+            };
+            match reply {
+                Ok(r) => {
+                    error_backoff = ERROR_BACKOFF.0;
+                    let accepted = (r.accepted as usize).min(n);
+                    self.batch_taken(&stream, first, accepted, r.returned);
+                    if accepted < n {
+                        // A subscriber's queue is full there: back-pressure.
+                        tokio::time::sleep(full_backoff).await;
+                        full_backoff = (full_backoff * 2).min(FULL_BACKOFF.1);
+                    } else {
+                        full_backoff = FULL_BACKOFF.0;
+                    }
+                }
+                Err(MessagingError::Remote { code: ErrorCode::Refused, .. }) => {
+                    // The destination holds a newer stream from us: this one was replaced.
+                    return;
+                }
+                Err(MessagingError::ShuttingDown) => return,
+                Err(e) => {
+                    self.stats.batch_failures.fetch_add(1, Relaxed);
+                    tracing::debug!(node = %self.me, to = %stream.to, error = %e, "event batch not taken; resending");
+                    tokio::time::sleep(error_backoff).await;
+                    error_backoff = (error_backoff * 2).min(ERROR_BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// The destination took the first `accepted` items of the batch starting at `first`.
+    fn batch_taken(
+        self: &Arc<Self>,
+        stream: &Stream,
+        first: u64,
+        accepted: usize,
+        returned: Vec<Returned>,
+    ) {
+        let taken = stream.taken(first, accepted);
+        if taken.is_empty() {
+            return;
+        }
+        let returned: HashSet<(u32, String)> =
+            returned.into_iter().map(|r| (r.index, r.group)).collect();
+        let routes = self.routes();
+        let mut p = lock(&self.publishing);
+        for (i, q) in taken.into_iter().enumerate() {
+            if let Some(done) = q.done {
+                let _ = done.send(Ok(()));
+            }
+            match q.item.kind {
+                Some(ItemKind::Event(e)) => {
+                    for part in e.groups {
+                        let back = returned.contains(&(i as u32, part.group.clone()));
+                        let key = (e.topic.clone(), e.seq, part.group);
+                        if back {
+                            self.reroute(&mut p, &routes, &key, Some(&stream.to));
+                        } else if let Some(entry) = p.pending.get_mut(&key)
+                            && entry.at.as_ref() == Some(&stream.to)
+                            && let Some(confirm) = entry.confirm.take()
+                        {
+                            let _ = confirm.send(Ok(()));
+                        }
+                    }
+                }
+                Some(ItemKind::Nack(_)) if returned.contains(&(i as u32, String::new())) => {
+                    if let Some((event, group)) = q.nacked {
+                        self.requeue_locally(event, &group);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A wake-up registered now (while the publishing lock is held), awaited after it is released.
+type Armed = Pin<Box<OwnedNotified>>;
+
+fn armed(notify: &Arc<Notify>) -> Armed {
+    let mut wait = Box::pin(notify.clone().notified_owned());
+    wait.as_mut().enable();
+    wait
+}
