@@ -238,7 +238,8 @@ async fn events_held_by_a_node_that_dies_are_delivered_to_the_survivors() {
     let mut nodes = sim.cluster(3).await;
     let opts = GroupOptions { capacity: 64, ack_deadline: Duration::from_secs(600) };
     let mut doomed = nodes[2].events().subscribe_group_with("jobs", "workers", opts).await.unwrap();
-    let mut survivor = nodes[1].events().subscribe_group_with("jobs", "workers", opts).await.unwrap();
+    let mut survivor =
+        nodes[1].events().subscribe_group_with("jobs", "workers", opts).await.unwrap();
     for i in 1..=20u64 {
         nodes[0].events().publish("jobs", payload(i)).await.unwrap();
     }
@@ -252,7 +253,12 @@ async fn events_held_by_a_node_that_dies_are_delivered_to_the_survivors() {
         acked.insert(d.event.id.seq, d.event.attempt);
         d.ack();
     }
-    assert!(!taken.is_empty() && taken.len() + acked.len() == 20, "{} {}", taken.len(), acked.len());
+    assert!(
+        !taken.is_empty() && taken.len() + acked.len() == 20,
+        "{} {}",
+        taken.len(),
+        acked.len()
+    );
     // The node dies with them (a crash: no goodbye, no nacks).
     std::mem::forget(taken);
     std::mem::forget(doomed);

@@ -170,6 +170,8 @@ pub struct EventsStats {
     pub batch_failures: u64,
     /// Stream items (events, acknowledgements) received from other nodes.
     pub received: u64,
+    /// Group deliveries offered again to their holder after `reoffer_interval` of silence.
+    pub reoffered: u64,
     /// Group deliveries published here and not yet acknowledged.
     pub unacked: u64,
     /// Of those, held because no member could take them.

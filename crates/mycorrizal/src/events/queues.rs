@@ -2,14 +2,14 @@
 //! group on this node (shared by the node's members of that group).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
 use mycorrizal_core::NodeId;
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Event, Overflow, RecvError};
+use super::{Event, EventId, Overflow, RecvError};
 use crate::sync::lock;
 
 /// What a broadcast subscriber receives, in stream order.
@@ -142,6 +142,9 @@ pub(crate) struct GroupQueue {
 struct GroupState {
     queued: VecDeque<Held>,
     in_flight: HashMap<u64, (Held, Instant)>,
+    /// Events queued or in flight: a publisher offering one again (to repair a lost
+    /// acknowledgement) does not create a second copy.
+    held: HashSet<EventId>,
     next_token: u64,
     members: usize,
     closed: bool,
@@ -179,15 +182,19 @@ impl GroupQueue {
 
     /// Queues `held` (callers checked [`GroupQueue::accepts`], or it is a local redelivery of
     /// an event this queue held before). Gives it back if the group has no member here.
-    pub fn push(&self, held: Held) -> Result<(), Held> {
+    /// Returns `Ok(false)` if the event is already here (queued or handed to a member).
+    pub fn push(&self, held: Held) -> Result<bool, Held> {
         let mut s = lock(&self.state);
         if s.closed || s.members == 0 {
             return Err(held);
         }
+        if !s.held.insert(held.event.id.clone()) {
+            return Ok(false);
+        }
         s.queued.push_back(held);
         drop(s);
         self.ready.notify_one();
-        Ok(())
+        Ok(true)
     }
 
     pub fn join(&self) {
@@ -203,6 +210,7 @@ impl GroupQueue {
             return Vec::new();
         }
         s.closed = true;
+        s.held.clear();
         let mut out: Vec<Held> = s.queued.drain(..).collect();
         let mut in_flight: Vec<(u64, (Held, Instant))> = s.in_flight.drain().collect();
         in_flight.sort_by_key(|(token, _)| *token);
@@ -248,7 +256,10 @@ impl GroupQueue {
 
     /// Settles the delivery `token`; `None` if it was settled already (deadline passed).
     pub fn settle(&self, token: u64) -> Option<Held> {
-        lock(&self.state).in_flight.remove(&token).map(|(h, _)| h)
+        let mut s = lock(&self.state);
+        let (held, _) = s.in_flight.remove(&token)?;
+        s.held.remove(&held.event.id);
+        Some(held)
     }
 
     /// Takes back the deliveries whose deadline passed.
@@ -257,7 +268,12 @@ impl GroupQueue {
         let mut tokens: Vec<u64> =
             s.in_flight.iter().filter(|(_, (_, d))| *d <= now).map(|(t, _)| *t).collect();
         tokens.sort_unstable();
-        tokens.into_iter().filter_map(|t| s.in_flight.remove(&t).map(|(h, _)| h)).collect()
+        let out: Vec<Held> =
+            tokens.into_iter().filter_map(|t| s.in_flight.remove(&t).map(|(h, _)| h)).collect();
+        for h in &out {
+            s.held.remove(&h.event.id);
+        }
+        out
     }
 }
 

@@ -146,6 +146,7 @@ pub(crate) struct Stats {
     pub batches: AtomicU64,
     pub batch_failures: AtomicU64,
     pub received: AtomicU64,
+    pub reoffered: AtomicU64,
 }
 
 /// The event bus of one node.
@@ -646,12 +647,17 @@ impl Runtime {
         drop(local);
         for (q, attempt) in takers {
             let held = Held { event: Event { attempt, ..event.clone() } };
-            if let Err(held) = q.push(held) {
+            match q.push(held) {
+                Ok(true) => {
+                    self.stats.delivered.fetch_add(1, Relaxed);
+                }
+                // Offered again while still here: one copy is enough.
+                Ok(false) => {
+                    self.stats.duplicates.fetch_add(1, Relaxed);
+                }
                 // The last member left between the check and now: give it back to its
                 // publisher like any other refusal.
-                self.settle_out(&held.event, &q.group, false);
-            } else {
-                self.stats.delivered.fetch_add(1, Relaxed);
+                Err(held) => self.settle_out(&held.event, &q.group, false),
             }
         }
         Some(returned)
@@ -707,7 +713,7 @@ impl Runtime {
         event.attempt += 1;
         let held = Held { event };
         match q.map(|q| q.push(held)) {
-            Some(Ok(())) => {
+            Some(Ok(_)) => {
                 self.stats.redelivered.fetch_add(1, Relaxed);
             }
             _ => {
@@ -737,6 +743,7 @@ impl Runtime {
                 }
             }
             self.retry_held();
+            self.reoffer(now);
         }
     }
 
@@ -759,6 +766,7 @@ impl Runtime {
             batches: s.batches.load(Relaxed),
             batch_failures: s.batch_failures.load(Relaxed),
             received: s.received.load(Relaxed),
+            reoffered: s.reoffered.load(Relaxed),
             unacked: pending,
             held,
         }

@@ -55,6 +55,8 @@ struct Pending {
     at: Option<NodeId>,
     /// The publish waiting for a first member to take it.
     confirm: Option<Confirm>,
+    /// When it was last sent (or offered again) to `at`.
+    sent_at: Instant,
 }
 
 /// Publisher state: topic numbers, streams, group deliveries in flight.
@@ -436,6 +438,7 @@ impl Runtime {
                         attempt: 1,
                         at: Some(node.clone()),
                         confirm: Some(tx),
+                        sent_at: now,
                     },
                 );
                 *p.load.entry(node.clone()).or_insert(0) += 1;
@@ -490,6 +493,7 @@ impl Runtime {
                     attempt: 1,
                     at: None,
                     confirm: Some(tx),
+                    sent_at: now,
                 },
             );
             p.held += 1;
@@ -608,6 +612,7 @@ impl Runtime {
         };
         if stream.push(queued).is_ok() {
             entry.at = Some(dest.node.clone());
+            entry.sent_at = Instant::now();
             *p.load.entry(dest.node.clone()).or_insert(0) += 1;
         } else {
             entry.at = None;
@@ -628,6 +633,57 @@ impl Runtime {
         keys.sort();
         for key in keys {
             self.reroute(&mut p, &routes, &key, None);
+        }
+    }
+
+    /// Offers group deliveries again to the node holding them when nothing was heard of them
+    /// for `reoffer_interval`: an acknowledgement or nack can be lost when the two nodes
+    /// briefly disagreed on membership. The holder ignores an event it still holds, so the
+    /// offer only revives one that vanished.
+    pub(super) fn reoffer(self: &Arc<Self>, now: Instant) {
+        let mut p = lock(&self.publishing);
+        let due = now.checked_sub(self.config.reoffer_interval);
+        let Some(due) = due else { return };
+        let mut keys: Vec<PendingKey> = p
+            .pending
+            .iter()
+            .filter(|(_, e)| e.at.is_some() && e.sent_at <= due)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        for key in keys {
+            let Some(entry) = p.pending.get(&key) else { continue };
+            let Some(node) = entry.at.clone() else { continue };
+            let Some(stream) = p.streams.get(&node).cloned() else { continue };
+            // Counted as a new attempt: if the holder lost it, this is a redelivery.
+            let attempt = entry.attempt + 1;
+            let item = Item {
+                kind: Some(ItemKind::Event(WireEvent {
+                    topic: key.0.clone(),
+                    seq: key.1,
+                    payload: entry.payload.clone(),
+                    broadcast: false,
+                    groups: vec![GroupPart { group: key.2.clone(), attempt: entry.attempt }],
+                    published_at_ms: entry.published_at_ms,
+                })),
+            };
+            let bytes = entry.payload.len();
+            let queued = Queued {
+                seq: 0,
+                item,
+                bytes,
+                counted: false,
+                queued_at: now,
+                done: None,
+                nacked: None,
+            };
+            if stream.push(queued).is_ok() {
+                self.stats.reoffered.fetch_add(1, Relaxed);
+            }
+            if let Some(entry) = p.pending.get_mut(&key) {
+                entry.sent_at = now;
+                entry.attempt = attempt;
+            }
         }
     }
 
@@ -659,10 +715,9 @@ impl Runtime {
     pub(super) fn on_nack(self: &Arc<Self>, from: &NodeId, s: Settle) {
         let mut p = lock(&self.publishing);
         let key = (s.topic, s.seq, s.group);
-        let current = p
-            .pending
-            .get(&key)
-            .is_some_and(|e| e.at.as_ref() == Some(from) && e.attempt == s.attempt);
+        // Only the node holding the delivery can give it back (it holds one copy: a group
+        // queue keeps an event once).
+        let current = p.pending.get(&key).is_some_and(|e| e.at.as_ref() == Some(from));
         if current {
             let routes = self.routes();
             self.reroute(&mut p, &routes, &key, Some(from));
