@@ -3,9 +3,11 @@
 //! while one consumer node is killed and another is partitioned away, declared down, and
 //! healed. Members process with random delays and sometimes drop a delivery unacknowledged.
 //!
-//! The checker: every acknowledged publish reached every broadcast subscriber alive and
-//! connected throughout; the partitioned subscriber received everything else or was told of
-//! each gap (never a silent loss); per-publisher order holds at every subscriber and for
+//! The checker: every acknowledged publish reached every broadcast subscriber alive
+//! throughout, the partitioned one included (a node held down keeps its queue for
+//! `rejoin_grace`); every jump in a publisher's sequence at a subscriber was announced by a
+//! gap of exactly that size (never a silent loss); per-publisher order holds at every
+//! subscriber and for
 //! first deliveries at every group member; every acknowledged publish was processed at least
 //! once by each group; duplicates are counted and reported; nothing is left unacknowledged
 //! or abandoned.
@@ -200,7 +202,12 @@ async fn run(seed: u64) -> Result<Outcome, String> {
                 let entry = match outcome {
                     Ok(id) => (id, true),
                     Err(mycorrizal::events::PublishError::Unconfirmed { id, missing }) => {
-                        if std::env::var("EVENTS_NEMESIS_DEBUG").is_ok() && missing.iter().any(|m| m.target == mycorrizal::events::Target::Node(NodeId::new("v1").unwrap())) {
+                        if std::env::var("EVENTS_NEMESIS_DEBUG").is_ok()
+                            && missing.iter().any(|m| {
+                                m.target
+                                    == mycorrizal::events::Target::Node(NodeId::new("v1").unwrap())
+                            })
+                        {
                             eprintln!("{:?} {id}: {missing:?}", tokio::time::Instant::now());
                         }
                         (id, false)
@@ -254,7 +261,12 @@ async fn run(seed: u64) -> Result<Outcome, String> {
                 .iter()
                 .map(|m| format!("{}:{}:{:?}", m.id, m.generation, m.state))
                 .collect();
-            eprintln!("{}: {view:?}\n   {:?}\n   {:?}", n.id(), n.events().stats(), n.membership_stats());
+            eprintln!(
+                "{}: {view:?}\n   {:?}\n   {:?}",
+                n.id(),
+                n.events().stats(),
+                n.membership_stats()
+            );
         }
     }
     let abandoned: u64 = live.iter().map(|n| n.events().stats().abandoned).sum();
@@ -311,11 +323,8 @@ fn check(h: &History, abandoned: u64) -> Result<Outcome, String> {
                     received.insert(id);
                 }
                 Seen::Gap(p, missed) => {
-                    if i != PARTITIONED {
-                        return Err(format!(
-                            "node {i} (never cut off) was told of a gap: {missed} from {p}"
-                        ));
-                    }
+                    // Checked against the jump at the next event; whether it cost an
+                    // acknowledged event is checked below.
                     gaps_told += missed;
                     announced = Some((p, *missed));
                 }
@@ -332,7 +341,6 @@ fn check(h: &History, abandoned: u64) -> Result<Outcome, String> {
                     ));
                 }
             }
-            continue;
         }
         let lost: Vec<&&EventId> = acked.iter().filter(|id| !received.contains(**id)).collect();
         if !lost.is_empty() {

@@ -43,8 +43,13 @@ impl Sim {
     }
 
     async fn start(&self, i: u8) -> Node {
+        self.start_with(i, |_| {}).await
+    }
+
+    async fn start_with(&self, i: u8, tune: impl FnOnce(&mut ClusterConfig)) -> Node {
         let mut c = ClusterConfig::lan("events", id(i), addr(i));
         c.seeds = vec![addr(1), addr(2)];
+        tune(&mut c);
         Node::builder(c)
             .trust(Trust::cluster_secret(SECRET).unwrap())
             .transport(Arc::new(self.net.transport(id(i), addr(i))))
@@ -324,22 +329,18 @@ async fn a_slow_subscriber_slows_publishers_down_and_loses_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_subscriber_stuck_past_the_publish_timeout_is_reported_and_sees_the_gap() {
+async fn a_stuck_subscriber_stops_holding_publishers_up_and_is_told_what_did_not_fit() {
     let sim = Sim::new(7);
-    let nodes = sim.cluster(2).await;
+    // At most 8 events queued toward one node.
+    let publisher = sim.start_with(1, |c| c.events.stream_events = 8).await;
+    let nodes = vec![publisher, sim.start(2).await];
+    within(Duration::from_secs(30), "cluster forms", || all_alive(&nodes, 2)).await;
     let opts = SubscribeOptions { capacity: 4, overflow: Overflow::Backpressure };
     let mut stuck = nodes[1].events().subscribe_with("ticks", opts).await.unwrap();
-    let mut outcomes = Vec::new();
+    let mut reasons = Vec::new();
     let started = tokio::time::Instant::now();
     for i in 1..=20u64 {
-        outcomes.push(nodes[0].events().publish("ticks", payload(i)).await);
-    }
-    // One publish waited the whole timeout; after that the stalled node is skipped at once.
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
-    let reasons: Vec<Option<Reason>> = outcomes
-        .iter()
-        .map(|o| match o {
+        reasons.push(match nodes[0].events().publish("ticks", payload(i)).await {
             Ok(_) => None,
             Err(PublishError::Unconfirmed { missing, .. }) => {
                 assert_eq!(missing.len(), 1);
@@ -347,22 +348,28 @@ async fn a_subscriber_stuck_past_the_publish_timeout_is_reported_and_sees_the_ga
                 Some(missing[0].reason)
             }
             Err(e) => panic!("{e}"),
-        })
-        .collect();
-    assert_eq!(reasons[..4], [None; 4]);
-    assert_eq!(reasons[4], Some(Reason::Timeout));
-    assert!(reasons[5..].iter().all(|r| *r == Some(Reason::Stalled)), "{reasons:?}");
-    // Event 5 was queued, so it still arrives, in order; 6 to 20 were not sent.
-    for i in 1..=5u64 {
+        });
+    }
+    // One publish waited the whole timeout; after that the stalled node is not waited for.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+    // 1-4 fill the subscriber's queue; 5 waits and times out (still queued); 6-12 are queued
+    // without waiting; 13-20 find the queue toward the node full and are not sent.
+    let mut expected = vec![None; 4];
+    expected.push(Some(Reason::Timeout));
+    expected.extend([Some(Reason::Stalled); 7]);
+    expected.extend([Some(Reason::Full); 8]);
+    assert_eq!(reasons, expected);
+    for i in 1..=12u64 {
         assert_eq!(stuck.recv().await.unwrap().id.seq, i);
     }
     nodes[0].events().publish("ticks", payload(21)).await.unwrap();
     assert_eq!(
         stuck.recv().await,
-        Err(RecvError::Gap { publisher: nodes[0].id().clone(), missed: 15 })
+        Err(RecvError::Gap { publisher: nodes[0].id().clone(), missed: 8 })
     );
     assert_eq!(stuck.recv().await.unwrap().id.seq, 21);
-    assert_eq!(nodes[1].events().stats().gaps, 15);
+    assert_eq!(nodes[1].events().stats().gaps, 8);
 }
 
 #[tokio::test(start_paused = true)]

@@ -35,6 +35,11 @@ pub struct EventsConfig {
     /// How often nodes re-exchange their subscriptions even when nothing changed (a lost
     /// update is repaired within this time). Default 10 s.
     pub interest_interval: Duration,
+    /// How long a node held down by membership keeps its subscriptions here, with events for
+    /// its broadcast subscribers queued (up to the stream bounds) instead of skipped: a false
+    /// verdict or a partition shorter than this costs them nothing. Publishes do not wait for
+    /// a node held down; its group events go to live members at once. Default 30 s.
+    pub rejoin_grace: Duration,
     /// A group delivery not settled (acknowledged or given back) this long after it was sent
     /// is offered again to the node holding it, which ignores it if it still has it. Repairs
     /// an acknowledgement lost while two nodes disagreed on membership; set it well above the
@@ -59,6 +64,7 @@ impl EventsConfig {
             max_unacked: 65_536,
             max_payload: 1024 * 1024,
             interest_interval: Duration::from_secs(10),
+            rejoin_grace: Duration::from_secs(30),
             reoffer_interval: Duration::from_secs(120),
             tick: Duration::from_millis(100),
         }
@@ -80,6 +86,7 @@ impl EventsConfig {
         check_duration("events.publish_timeout", self.publish_timeout, ms(10), s(3600))?;
         check_duration("events.request_timeout", self.request_timeout, ms(10), s(300))?;
         check_duration("events.interest_interval", self.interest_interval, ms(100), s(3600))?;
+        check_duration("events.rejoin_grace", self.rejoin_grace, ms(0), s(86_400))?;
         check_duration("events.reoffer_interval", self.reoffer_interval, s(1), s(86_400))?;
         check_duration("events.tick", self.tick, ms(1), s(10))?;
         check_range("events.stream_events", self.stream_events as u64, 1, 1 << 24)?;

@@ -100,10 +100,13 @@ pub enum Reason {
     /// Not delivered there; its subscribers see a gap.
     Down,
     /// The node has not taken events for longer than the publish timeout (a stuck subscriber
-    /// with back-pressure, or an unreachable node not yet declared down), or the queue toward
-    /// it stayed full until the deadline: the event was not sent there, and its subscribers
-    /// see a gap.
+    /// with back-pressure, or an unreachable node not yet declared down): the event is queued
+    /// for it without waiting and arrives, in order, if the node recovers before its queue
+    /// fills.
     Stalled,
+    /// The queue toward the node is full and not draining (or stayed full until the
+    /// deadline): the event was not sent there, and its subscribers will be told of the gap.
+    Full,
     /// The node's subscriptions are not known yet (it joined recently and could not be asked
     /// in time): the event was not sent there.
     InterestUnknown,
@@ -117,7 +120,8 @@ impl std::fmt::Display for Reason {
         f.write_str(match self {
             Reason::Timeout => "no answer in time; may still arrive",
             Reason::Down => "left before accepting it",
-            Reason::Stalled => "not taking events; not sent",
+            Reason::Stalled => "not taking events; queued for it",
+            Reason::Full => "queue full; not sent",
             Reason::InterestUnknown => "subscriptions unknown; not sent",
             Reason::Held => "no member could take it yet; held for delivery",
         })

@@ -40,7 +40,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    cluster::{MembershipView, MessagingError, Responder, link::Links},
+    cluster::{MemberState, MembershipView, MessagingError, Responder, link::Links},
     sync::{lock, read, write},
 };
 
@@ -91,11 +91,17 @@ impl Local {
 
 /// What this node knows of a peer's subscriptions.
 struct PeerInterest {
-    /// The member generation it was learnt from; a new generation must be asked again.
+    /// The member generation it was last confirmed under; after a new generation (a rejoin)
+    /// it is asked again, and used meanwhile (the process, hence its subscriptions, is
+    /// usually the same: `incarnation` says).
     generation: u64,
+    /// The peer's events incarnation: a new one is a restarted process.
     incarnation: u64,
     version: u64,
     topics: HashMap<String, (bool, Vec<String>)>,
+    /// Since when membership has held the peer down; its broadcast subscribers keep getting
+    /// events queued for `rejoin_grace`.
+    down_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -107,11 +113,15 @@ struct Peers {
     confirmed: HashMap<NodeId, u64>,
 }
 
-/// A destination: a node incarnation as the membership names it.
+/// A destination: one process (events incarnation) of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Dest {
     pub node: NodeId,
-    pub generation: u64,
+    pub incarnation: u64,
+    /// A live member: publishes wait for it. A node held down (within `rejoin_grace`) gets
+    /// events queued on a best-effort basis, so a false verdict or a short partition costs
+    /// its subscribers nothing.
+    pub live: bool,
 }
 
 /// Where events of each topic go, rebuilt whenever interest or membership changes.
@@ -224,27 +234,33 @@ impl Runtime {
                 if broadcast {
                     route.broadcast.push(dest.clone());
                 }
-                for g in groups {
-                    route.groups.entry(g.to_owned()).or_default().push(dest.clone());
+                // A group event goes only to a live member.
+                if dest.live {
+                    for g in groups {
+                        route.groups.entry(g.to_owned()).or_default().push(dest.clone());
+                    }
                 }
             };
-            let me = Dest { node: self.me.clone(), generation: 0 };
+            let me = Dest { node: self.me.clone(), incarnation: self.incarnation, live: true };
             for (topic, t) in &lock(&self.local).topics {
                 add(&me, topic, !t.broadcast.is_empty(), &mut t.groups.keys().map(|g| &**g));
             }
-            for m in view.live().filter(|m| m.id != self.me) {
-                match peers.known.get(&m.id).filter(|k| k.generation == m.generation) {
-                    Some(k) => {
-                        let dest = Dest { node: m.id.clone(), generation: m.generation };
-                        for (topic, (broadcast, groups)) in &k.topics {
-                            add(&dest, topic, *broadcast, &mut groups.iter().map(|g| g.as_str()));
-                        }
-                    }
-                    None => {
-                        let since = *peers.unknown_since.entry(m.id.clone()).or_insert(now);
-                        routes.unknown.push((m.id.clone(), since));
-                    }
+            let mut nodes: Vec<&NodeId> = peers.known.keys().collect();
+            nodes.sort();
+            for node in nodes {
+                let k = &peers.known[node];
+                let dest = Dest {
+                    node: node.clone(),
+                    incarnation: k.incarnation,
+                    live: live.contains(node),
+                };
+                for (topic, (broadcast, groups)) in &k.topics {
+                    add(&dest, topic, *broadcast, &mut groups.iter().map(|g| g.as_str()));
                 }
+            }
+            for m in view.live().filter(|m| m.id != self.me && !peers.known.contains_key(&m.id)) {
+                let since = *peers.unknown_since.entry(m.id.clone()).or_insert(now);
+                routes.unknown.push((m.id.clone(), since));
             }
         }
         let mut current = write(&self.routes);
@@ -260,18 +276,26 @@ impl Runtime {
         lock(&self.local).interest(self.incarnation)
     }
 
-    /// Records a peer's interest (newer versions win; a new incarnation replaces the old).
-    fn learn(&self, from: &NodeId, generation: u64, theirs: WireInterest) {
+    /// Records a peer's interest (newer versions win; a new incarnation replaces the old:
+    /// the peer restarted, so the stream to its old process closes).
+    fn learn(self: &Arc<Self>, from: &NodeId, generation: u64, theirs: WireInterest) {
         let mut peers = lock(&self.peers);
-        if let Some(k) = peers.known.get(from)
-            && k.incarnation == theirs.incarnation
-            && k.generation == generation
-            && k.version >= theirs.version
-        {
-            return;
-        }
+        let restarted = match peers.known.get_mut(from) {
+            Some(k) if k.incarnation == theirs.incarnation => {
+                if generation != 0 {
+                    k.generation = generation;
+                }
+                if k.version >= theirs.version {
+                    return;
+                }
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
         let topics =
             theirs.topics.into_iter().map(|t| (t.topic, (t.broadcast, t.groups))).collect();
+        let down_since = peers.known.get(from).and_then(|k| k.down_since);
         peers.known.insert(
             from.clone(),
             PeerInterest {
@@ -279,21 +303,33 @@ impl Runtime {
                 incarnation: theirs.incarnation,
                 version: theirs.version,
                 topics,
+                down_since,
             },
         );
         drop(peers);
+        if restarted {
+            self.close_stream(from);
+        }
         self.rebuild_routes();
     }
 
     /// A peer sent its interest: keep it, answer with ours.
-    pub(super) fn on_interest(&self, from: &NodeId, theirs: WireInterest) -> WireInterest {
+    pub(super) fn on_interest(
+        self: &Arc<Self>,
+        from: &NodeId,
+        theirs: WireInterest,
+    ) -> WireInterest {
         let generation = self.view.borrow().get(from).map(|m| m.generation).unwrap_or(0);
         self.learn(from, generation, theirs);
         self.local_interest()
     }
 
     /// One exchange of interest with `peer`.
-    async fn exchange(&self, peer: NodeId, generation: u64) -> Result<(), MessagingError> {
+    async fn exchange(
+        self: &Arc<Self>,
+        peer: NodeId,
+        generation: u64,
+    ) -> Result<(), MessagingError> {
         let ours = self.local_interest();
         let version = ours.version;
         match self.call(&peer, EventsOp::Interest(ours)).await? {
@@ -376,34 +412,49 @@ impl Runtime {
         }
     }
 
-    /// Membership changed: streams to departed incarnations close (their undelivered group
-    /// events go elsewhere), interest of departed incarnations is forgotten, routes rebuilt.
-    fn on_membership(self: &Arc<Self>) {
+    /// Membership changed (or a tick passed): a peer held down gives back the group events
+    /// it had taken (they go to live members at once) and keeps its broadcast stream for
+    /// `rejoin_grace`; after that, or when it left for good, its interest is forgotten and its
+    /// stream closes. Routes are rebuilt.
+    pub(super) fn on_membership(self: &Arc<Self>) {
         let view = self.view.borrow().clone();
-        let live: HashMap<&NodeId, u64> = view.live().map(|m| (&m.id, m.generation)).collect();
+        let now = Instant::now();
+        let mut forget = Vec::new();
+        let mut down = Vec::new();
         {
             let mut peers = lock(&self.peers);
-            // Keep what matches a live incarnation, and what was learnt from a peer before it
-            // appeared in our view (generation 0); forget departed incarnations.
-            peers.known.retain(|n, k| match live.get(n) {
-                Some(g) => *g == k.generation,
-                None => k.generation == 0,
-            });
-            peers.confirmed.retain(|n, _| live.contains_key(n));
+            for (node, k) in peers.known.iter_mut() {
+                let member = view.get(node);
+                let live = member
+                    .is_some_and(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect));
+                if live {
+                    k.down_since = None;
+                    continue;
+                }
+                down.push(node.clone());
+                let since = *k.down_since.get_or_insert(now);
+                let left = member.is_some_and(|m| m.state == MemberState::Left);
+                if left || now >= since + self.config.rejoin_grace {
+                    forget.push(node.clone());
+                }
+            }
+            for node in &forget {
+                peers.known.remove(node);
+            }
+            let live: BTreeSet<&NodeId> = view.live().map(|m| &m.id).collect();
+            peers.confirmed.retain(|n, _| live.contains(n));
         }
-        self.rebuild_routes();
-        let gone: Vec<NodeId> = {
-            let p = lock(&self.publishing);
-            p.streams
-                .values()
-                .filter(|s| s.to != self.me && live.get(&s.to) != Some(&s.generation))
-                .map(|s| s.to.clone())
-                .collect()
-        };
-        for node in gone {
-            self.close_stream(&node);
+        if !forget.is_empty() || !down.is_empty() {
+            self.rebuild_routes();
         }
-        lock(&self.inbound).retain(|n, _| live.contains_key(n) || *n == self.me);
+        for node in &down {
+            self.give_back_held_at(node);
+        }
+        for node in &forget {
+            self.close_stream(node);
+        }
+        let known: BTreeSet<NodeId> = lock(&self.peers).known.keys().cloned().collect();
+        lock(&self.inbound).retain(|n, _| known.contains(n) || *n == self.me);
     }
 
     // ---- local subscriptions -------------------------------------------------------------
@@ -680,8 +731,7 @@ impl Runtime {
         } else {
             self.stats.nacked.fetch_add(1, Relaxed);
         }
-        let publisher = &event.id.publisher;
-        if *publisher == self.me {
+        if event.id.publisher == self.me {
             if event.id.incarnation == self.incarnation {
                 if ack {
                     self.on_ack(settle);
@@ -693,15 +743,16 @@ impl Runtime {
             }
             return;
         }
-        let generation =
-            self.view.borrow().live().find(|m| m.id == *publisher).map(|m| m.generation);
-        match generation {
-            Some(generation) => {
-                let kind = if ack { ItemKind::Ack(settle) } else { ItemKind::Nack(settle) };
-                self.enqueue_settle(publisher, generation, kind, event, group);
-            }
-            None if !ack => self.requeue_locally(event.clone(), group),
-            None => {}
+        let kind = if ack { ItemKind::Ack(settle) } else { ItemKind::Nack(settle) };
+        self.enqueue_settle(kind, event, group);
+    }
+
+    /// Whether `node`'s process `incarnation` may still be running: it is the one whose
+    /// interest we know, or we know none and the node is a live member.
+    pub(super) fn knows_process(&self, node: &NodeId, incarnation: u64) -> bool {
+        match lock(&self.peers).known.get(node) {
+            Some(k) => k.incarnation == incarnation,
+            None => self.view.borrow().live().any(|m| &m.id == node),
         }
     }
 
@@ -742,6 +793,7 @@ impl Runtime {
                     self.settle_out(&held.event, &q.group, false);
                 }
             }
+            self.on_membership();
             self.retry_held();
             self.reoffer(now);
         }

@@ -75,7 +75,7 @@ pub(super) struct Publishing {
 /// One destination's ordered stream.
 pub(super) struct Stream {
     pub to: NodeId,
-    pub generation: u64,
+    pub incarnation: u64,
     id: u64,
     state: Mutex<StreamState>,
     /// Wakes the stream's sender task (its only waiter).
@@ -107,21 +107,24 @@ struct Queued {
     nacked: Option<(Event, Arc<str>)>,
 }
 
-/// Whether a stream has room for one more published event.
+/// Whether a stream takes one more published event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Room {
     Yes,
-    /// Full: wait for room.
+    /// Full: wait for room (back-pressure).
     Wait,
-    /// Its oldest item has waited longer than a publish may: skip it.
+    /// Room, but the destination has not taken anything for a whole publish timeout: queue
+    /// the event without waiting for it (it arrives, in order, if the destination recovers).
     Stalled,
+    /// Full and stalled: do not send (its subscribers will be told of the gap).
+    Blocked,
 }
 
 impl Stream {
-    fn new(to: NodeId, generation: u64, id: u64) -> Self {
+    fn new(to: NodeId, incarnation: u64, id: u64) -> Self {
         Stream {
             to,
-            generation,
+            incarnation,
             id,
             state: Mutex::new(StreamState {
                 queue: VecDeque::new(),
@@ -139,14 +142,15 @@ impl Stream {
         let s = lock(&self.state);
         let fits = s.events < rt.config.stream_events
             && (s.bytes == 0 || s.bytes + size <= rt.config.stream_bytes);
-        if s.queue.front().is_some_and(|q| q.queued_at + rt.config.publish_timeout <= now) {
-            // The destination has not taken anything for a whole publish timeout: do not
-            // make every publish wait that long again.
-            Room::Stalled
-        } else if fits {
-            Room::Yes
-        } else {
-            Room::Wait
+        // The destination has not taken anything for a whole publish timeout: do not make
+        // every publish wait that long again.
+        let stalled =
+            s.queue.front().is_some_and(|q| q.queued_at + rt.config.publish_timeout <= now);
+        match (fits, stalled) {
+            (true, false) => Room::Yes,
+            (false, false) => Room::Wait,
+            (true, true) => Room::Stalled,
+            (false, true) => Room::Blocked,
         }
     }
 
@@ -226,8 +230,11 @@ impl Stream {
 }
 
 /// One destination of a publish and what it gets.
+#[derive(Default)]
 struct Planned {
     broadcast: bool,
+    /// Wait for its broadcast subscribers to take it (a live node that is keeping up).
+    confirm: bool,
     groups: Vec<String>,
 }
 
@@ -324,7 +331,7 @@ impl Runtime {
 
     /// Takes the publishing lock once: plans the destinations, and either queues the event on
     /// every stream (returning its number and what to wait for) or returns what to wait on
-    /// for room.
+    /// for room (`None`: retry at once).
     #[allow(clippy::type_complexity)]
     fn try_enqueue(
         self: &Arc<Self>,
@@ -340,7 +347,6 @@ impl Runtime {
         let late = now >= deadline;
         let size = payload.len();
         let mut p = lock(&self.publishing);
-        let mut plan: BTreeMap<NodeId, Planned> = BTreeMap::new();
         let mut rooms: HashMap<NodeId, (Arc<Stream>, Room)> = HashMap::new();
         let mut room_of = |rt: &Arc<Runtime>, p: &mut Publishing, d: &Dest| -> Room {
             if let Some((_, r)) = rooms.get(&d.node) {
@@ -351,56 +357,71 @@ impl Runtime {
             rooms.insert(d.node.clone(), (s, r));
             r
         };
+        let mut plan: BTreeMap<NodeId, Planned> = BTreeMap::new();
         let mut skipped: Vec<Unconfirmed> = Vec::new();
+        let mut wait_on: Option<NodeId> = None;
         for d in &route.broadcast {
-            match room_of(self, &mut p, d) {
-                Room::Yes | Room::Wait => {
-                    plan.entry(d.node.clone())
-                        .or_insert_with(|| Planned { broadcast: false, groups: vec![] })
-                        .broadcast = true
+            let room = room_of(self, &mut p, d);
+            let reason = match room {
+                Room::Yes => None,
+                Room::Stalled => Some(Reason::Stalled),
+                Room::Wait if d.live && !late => {
+                    wait_on.get_or_insert(d.node.clone());
+                    None
                 }
-                Room::Stalled => skipped.push(Unconfirmed {
-                    target: Target::Node(d.node.clone()),
-                    reason: Reason::Stalled,
-                }),
+                Room::Wait | Room::Blocked => Some(Reason::Full),
+            };
+            // A node held down is not waited for and not reported: it is not a member now.
+            if d.live
+                && let Some(reason) = reason
+            {
+                skipped.push(Unconfirmed { target: Target::Node(d.node.clone()), reason });
+            }
+            if reason != Some(Reason::Full) {
+                let planned = plan.entry(d.node.clone()).or_default();
+                planned.broadcast = true;
+                planned.confirm = d.live && reason.is_none();
             }
         }
-        let mut held_groups = Vec::new();
         let unacked_full = !route.groups.is_empty() && p.pending.len() >= self.config.max_unacked;
         if unacked_full && !late {
             return Err(Some(armed(&self.acked)));
         }
+        let mut held_groups = Vec::new();
         for (group, members) in &route.groups {
             if unacked_full {
                 skipped.push(Unconfirmed {
                     target: Target::Group(group.clone()),
-                    reason: Reason::Stalled,
+                    reason: Reason::Full,
                 });
                 continue;
             }
-            let open: Vec<&Dest> =
-                members.iter().filter(|d| room_of(self, &mut p, d) != Room::Stalled).collect();
+            // Members whose node takes events now; else, before the deadline, those that will
+            // after a wait.
+            let mut open: Vec<&Dest> =
+                members.iter().filter(|d| room_of(self, &mut p, d) == Room::Yes).collect();
+            let waiting = open.is_empty() && !late;
+            if waiting {
+                open = members.iter().filter(|d| room_of(self, &mut p, d) == Room::Wait).collect();
+            }
             let loads: Vec<(&NodeId, u64)> =
                 open.iter().map(|d| (&d.node, p.load.get(&d.node).copied().unwrap_or(0))).collect();
             p.rotation = p.rotation.wrapping_add(1);
             match choose_member(&loads, None, p.rotation) {
                 Some(node) => {
-                    plan.entry(node.clone())
-                        .or_insert_with(|| Planned { broadcast: false, groups: vec![] })
-                        .groups
-                        .push(group.clone());
+                    if waiting {
+                        wait_on.get_or_insert(node.clone());
+                    }
+                    plan.entry(node.clone()).or_default().groups.push(group.clone());
                 }
                 None => held_groups.push(group.clone()),
             }
         }
-        // Room everywhere, or wait for the first full stream (skipping full ones once late).
-        for node in plan.keys() {
-            let (stream, room) = &rooms[node];
-            if *room == Room::Wait && !late {
-                let wait = armed(&stream.space);
-                // Room may have appeared between the check and the registration.
-                return Err((stream.room(self, size, Instant::now()) == Room::Wait).then_some(wait));
-            }
+        if let Some(node) = wait_on {
+            let stream = &rooms[&node].0;
+            let wait = armed(&stream.space);
+            // Room may have appeared between the check and the registration.
+            return Err((stream.room(self, size, Instant::now()) == Room::Wait).then_some(wait));
         }
         let seq = {
             let s = p.seqs.entry(Arc::from(topic)).or_insert(0);
@@ -410,19 +431,8 @@ impl Runtime {
         let published_at_ms = self.clock.now_ms();
         let mut waits = Vec::new();
         for (node, planned) in plan {
-            let (stream, room) = rooms.remove(&node).expect("planned nodes have a room");
-            if room != Room::Yes {
-                // Late and still full: not sent.
-                if planned.broadcast {
-                    skipped.push(Unconfirmed {
-                        target: Target::Node(node.clone()),
-                        reason: Reason::Stalled,
-                    });
-                }
-                held_groups.extend(planned.groups);
-                continue;
-            }
-            let done = planned.broadcast.then(|| {
+            let (stream, _) = rooms.remove(&node).expect("planned nodes have a room");
+            let done = planned.confirm.then(|| {
                 let (tx, rx) = oneshot::channel();
                 waits.push((Target::Node(node.clone()), rx));
                 tx
@@ -467,22 +477,18 @@ impl Runtime {
                 nacked: None,
             };
             if let Err(q) = stream.push(queued) {
-                // Closed since we looked (its node left): as if it left first.
+                // Closed since we looked (its process is gone): as if it had gone first.
                 if let Some(done) = q.done {
                     let _ = done.send(Err(Reason::Down));
                 }
                 for group in &planned.groups {
-                    self.reroute(
-                        &mut p,
-                        &routes,
-                        &(topic.to_owned(), seq, group.clone()),
-                        Some(&node),
-                    );
+                    let key = (topic.to_owned(), seq, group.clone());
+                    self.reroute(&mut p, &routes, &key, Some(&node));
                 }
             }
         }
         for group in held_groups {
-            // Every member's stream is stalled: keep it and retry on ticks.
+            // No member's node takes events now: keep it and retry on ticks.
             let (tx, rx) = oneshot::channel();
             waits.push((Target::Group(group.clone()), rx));
             p.pending.insert(
@@ -504,16 +510,16 @@ impl Runtime {
     }
 
     /// The stream to `dest`, opened (and its sender task started) if there is none; a stream
-    /// to an older incarnation of the node is closed first.
+    /// to another incarnation of the node (an older process) is closed first.
     fn stream_for(self: &Arc<Self>, p: &mut Publishing, dest: &Dest) -> Arc<Stream> {
         if let Some(s) = p.streams.get(&dest.node) {
-            if s.generation == dest.generation {
+            if s.incarnation == dest.incarnation {
                 return s.clone();
             }
             self.close_locked(p, &dest.node.clone());
         }
         p.next_stream += 1;
-        let s = Arc::new(Stream::new(dest.node.clone(), dest.generation, p.next_stream));
+        let s = Arc::new(Stream::new(dest.node.clone(), dest.incarnation, p.next_stream));
         p.streams.insert(dest.node.clone(), s.clone());
         if !self.closing.load(Relaxed) || dest.node != self.me {
             tokio::spawn(self.clone().run_stream(s.clone()));
@@ -549,6 +555,25 @@ impl Runtime {
         keys.sort();
         for key in keys {
             self.reroute(p, &routes, &key, Some(node));
+        }
+    }
+
+    /// `node` is held down: the group deliveries it had taken go to live members.
+    pub(super) fn give_back_held_at(self: &Arc<Self>, node: &NodeId) {
+        let mut p = lock(&self.publishing);
+        if p.load.get(node).copied().unwrap_or(0) == 0 {
+            return;
+        }
+        let routes = self.routes();
+        let mut keys: Vec<PendingKey> = p
+            .pending
+            .iter()
+            .filter(|(_, e)| e.at.as_ref() == Some(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        for key in keys {
+            self.reroute(&mut p, &routes, &key, Some(node));
         }
     }
 
@@ -724,18 +749,22 @@ impl Runtime {
         }
     }
 
-    /// Queues an acknowledgement (or a nack) for `publisher` on the stream to it.
-    pub(super) fn enqueue_settle(
-        self: &Arc<Self>,
-        publisher: &NodeId,
-        generation: u64,
-        kind: ItemKind,
-        event: &Event,
-        group: &str,
-    ) {
+    /// Queues an acknowledgement (or a nack) for the event's publisher on the stream to it.
+    /// Without a stream to that publisher process (it restarted, or was forgotten), a nack is
+    /// delivered here again and an acknowledgement has nobody left to tell.
+    pub(super) fn enqueue_settle(self: &Arc<Self>, kind: ItemKind, event: &Event, group: &str) {
         let nack = matches!(kind, ItemKind::Nack(_));
+        let publisher = &event.id.publisher;
         let mut p = lock(&self.publishing);
-        let stream = self.stream_for(&mut p, &Dest { node: publisher.clone(), generation });
+        let stream = match p.streams.get(publisher) {
+            Some(s) if s.incarnation == event.id.incarnation => Some(s.clone()),
+            Some(_) => None,
+            None => self.knows_process(publisher, event.id.incarnation).then(|| {
+                let dest =
+                    Dest { node: publisher.clone(), incarnation: event.id.incarnation, live: true };
+                self.stream_for(&mut p, &dest)
+            }),
+        };
         let queued = Queued {
             seq: 0,
             item: Item { kind: Some(kind) },
@@ -745,9 +774,12 @@ impl Runtime {
             done: None,
             nacked: nack.then(|| (event.clone(), Arc::from(group))),
         };
-        if let Err(q) = stream.push(queued)
-            && let Some((event, group)) = q.nacked
-        {
+        let refused = match stream {
+            Some(stream) => stream.push(queued).err(),
+            None => Some(queued),
+        };
+        drop(p);
+        if let Some(Queued { nacked: Some((event, group)), .. }) = refused {
             self.requeue_locally(event, &group);
         }
     }
