@@ -104,7 +104,7 @@ struct Queued {
     /// The publish waiting for this node's broadcast subscribers to take it.
     done: Option<Confirm>,
     /// For a nack: the event, to deliver it here again if its publisher cannot take it back.
-    nacked: Option<(Event, Arc<str>)>,
+    nacked: Option<Box<(Event, Arc<str>)>>,
 }
 
 /// Whether a stream takes one more published event.
@@ -155,10 +155,10 @@ impl Stream {
     }
 
     /// Queues an item; gives it back if the stream is closed.
-    fn push(&self, mut q: Queued) -> Result<(), Queued> {
+    fn push(&self, mut q: Queued) -> Result<(), Box<Queued>> {
         let mut s = lock(&self.state);
         if s.closed {
-            return Err(q);
+            return Err(Box::new(q));
         }
         q.seq = s.next;
         s.next += 1;
@@ -541,7 +541,8 @@ impl Runtime {
             if let Some(done) = q.done {
                 let _ = done.send(Err(Reason::Down));
             }
-            if let Some((event, group)) = q.nacked {
+            if let Some(nacked) = q.nacked {
+                let (event, group) = *nacked;
                 self.requeue_locally(event, &group);
             }
         }
@@ -772,14 +773,15 @@ impl Runtime {
             counted: false,
             queued_at: Instant::now(),
             done: None,
-            nacked: nack.then(|| (event.clone(), Arc::from(group))),
+            nacked: nack.then(|| Box::new((event.clone(), Arc::from(group)))),
         };
         let refused = match stream {
             Some(stream) => stream.push(queued).err(),
-            None => Some(queued),
+            None => Some(Box::new(queued)),
         };
         drop(p);
-        if let Some(Queued { nacked: Some((event, group)), .. }) = refused {
+        if let Some(Queued { nacked: Some(nacked), .. }) = refused.map(|q| *q) {
+            let (event, group) = *nacked;
             self.requeue_locally(event, &group);
         }
     }
@@ -910,7 +912,8 @@ impl Runtime {
                     }
                 }
                 Some(ItemKind::Nack(_)) if returned.contains(&(i as u32, String::new())) => {
-                    if let Some((event, group)) = q.nacked {
+                    if let Some(nacked) = q.nacked {
+                        let (event, group) = *nacked;
                         self.requeue_locally(event, &group);
                     }
                 }
