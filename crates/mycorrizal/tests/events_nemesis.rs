@@ -12,7 +12,7 @@
 //! once by each group; duplicates are counted and reported; nothing is left unacknowledged
 //! or abandoned.
 //!
-//! `EVENTS_NEMESIS_SEEDS` (default 3) and `EVENTS_NEMESIS_FIRST` (default 1) choose the seeds.
+//! `EVENTS_NEMESIS_SEEDS` (default 20) and `EVENTS_NEMESIS_FIRST` (default 1) choose the seeds.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -391,7 +391,7 @@ fn check(h: &History, abandoned: u64) -> Result<Outcome, String> {
 #[tokio::test(start_paused = true)]
 async fn no_acknowledged_event_is_lost_under_a_kill_and_a_partition() {
     let seeds: u64 =
-        std::env::var("EVENTS_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+        std::env::var("EVENTS_NEMESIS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let first: u64 =
         std::env::var("EVENTS_NEMESIS_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut failures = Vec::new();
