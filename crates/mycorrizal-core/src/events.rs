@@ -125,9 +125,10 @@ pub enum SeqObservation {
 pub fn observe_seq(last: Option<(u64, u64)>, incarnation: u64, seq: u64) -> (SeqObservation, u64) {
     match last {
         Some((inc, last)) if inc == incarnation => {
+            // `seq > last` below, so neither expression overflows (numbers come off the wire).
             if seq <= last {
                 (SeqObservation::Duplicate, last)
-            } else if seq == last + 1 {
+            } else if seq - last == 1 {
                 (SeqObservation::InOrder, seq)
             } else {
                 (SeqObservation::Gap { missed: seq - last - 1 }, seq)
@@ -219,6 +220,9 @@ mod tests {
         assert_eq!(observe_seq(Some((1, 45)), 1, 45), (SeqObservation::Duplicate, 45));
         // A restarted publisher numbers from 1 again.
         assert_eq!(observe_seq(Some((1, 45)), 2, 1), (SeqObservation::InOrder, 1));
+        // Extreme numbers from a peer do not overflow.
+        assert_eq!(observe_seq(Some((1, u64::MAX)), 1, u64::MAX), (SeqObservation::Duplicate, u64::MAX));
+        assert_eq!(observe_seq(Some((1, 0)), 1, u64::MAX), (SeqObservation::Gap { missed: u64::MAX - 1 }, u64::MAX));
     }
 
     #[test]

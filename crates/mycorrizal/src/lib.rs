@@ -1,7 +1,7 @@
 //! Mycorrizal: the instances of one application form a secure, leaderless cluster and share a
 //! replicated cache, messaging and events, in-process.
 //!
-//! This release contains the per-node foundation and the cluster layer's building blocks:
+//! What is in it:
 //! - [`store`]: bounded, versioned, expiring buckets (the engine under the distributed cache);
 //! - [`clock`]: wall-clock sources and the node's hybrid logical clock;
 //! - [`cache`]: the distributed cache: replicated buckets placed by rendezvous hashing;

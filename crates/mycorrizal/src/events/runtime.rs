@@ -629,7 +629,7 @@ impl Runtime {
             }
             accepted += 1;
         }
-        cursor.next = batch.first + accepted as u64;
+        cursor.next = batch.first.saturating_add(accepted as u64);
         inbound.insert(from.clone(), cursor);
         drop(inbound);
         for (ack, s) in settles {
