@@ -221,8 +221,14 @@ mod tests {
         // A restarted publisher numbers from 1 again.
         assert_eq!(observe_seq(Some((1, 45)), 2, 1), (SeqObservation::InOrder, 1));
         // Extreme numbers from a peer do not overflow.
-        assert_eq!(observe_seq(Some((1, u64::MAX)), 1, u64::MAX), (SeqObservation::Duplicate, u64::MAX));
-        assert_eq!(observe_seq(Some((1, 0)), 1, u64::MAX), (SeqObservation::Gap { missed: u64::MAX - 1 }, u64::MAX));
+        assert_eq!(
+            observe_seq(Some((1, u64::MAX)), 1, u64::MAX),
+            (SeqObservation::Duplicate, u64::MAX)
+        );
+        assert_eq!(
+            observe_seq(Some((1, 0)), 1, u64::MAX),
+            (SeqObservation::Gap { missed: u64::MAX - 1 }, u64::MAX)
+        );
     }
 
     #[test]

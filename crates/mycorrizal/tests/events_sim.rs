@@ -452,3 +452,67 @@ async fn unsubscribing_stops_traffic_and_a_late_joiner_reaches_existing_subscrib
     assert_eq!(&e.id.publisher, late.id());
     nodes.push(late);
 }
+
+#[tokio::test(start_paused = true)]
+async fn acknowledgements_are_not_held_up_by_a_stuck_subscriber() {
+    let sim = Sim::new(10);
+    let nodes = sim.cluster(2).await;
+    // Node 2 has a subscriber that never reads; node 1's events to it pile up behind it.
+    let opts = SubscribeOptions { capacity: 1, overflow: Overflow::Backpressure };
+    let _stuck = nodes[1].events().subscribe_with("metrics", opts).await.unwrap();
+    for i in 1..=3u64 {
+        let _ = nodes[0].events().publish("metrics", payload(i)).await;
+    }
+    // Node 1 works for node 2: its acknowledgements travel on the same stream.
+    let mut worker = nodes[0].events().subscribe_group("jobs", "workers").await.unwrap();
+    for i in 1..=20u64 {
+        nodes[1].events().publish("jobs", payload(i)).await.unwrap();
+        worker.recv().await.unwrap().ack();
+    }
+    within(Duration::from_secs(5), "acks reach the publisher", || {
+        nodes[1].events().stats().unacked == 0
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_dropped_without_shutdown_closes_its_subscriptions() {
+    let sim = Sim::new(11);
+    let mut nodes = sim.cluster(2).await;
+    let mut sub = nodes[1].events().subscribe("orders").await.unwrap();
+    let mut member = nodes[1].events().subscribe_group("orders", "g").await.unwrap();
+    drop(nodes.pop());
+    assert_eq!(sub.recv().await, Err(RecvError::Closed));
+    assert!(matches!(member.recv().await, Err(RecvError::Closed)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_can_be_acknowledged_from_a_plain_thread() {
+    let sim = Sim::new(12);
+    let nodes = sim.cluster(2).await;
+    let mut member = nodes[1].events().subscribe_group("jobs", "cpu").await.unwrap();
+    nodes[0].events().publish("jobs", &b"crunch"[..]).await.unwrap();
+    let d = member.recv().await.unwrap();
+    std::thread::spawn(move || d.ack()).join().unwrap();
+    within(Duration::from_secs(5), "the ack reaches the publisher", || {
+        nodes[0].events().stats().unacked == 0
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_beyond_what_peers_accept_are_refused() {
+    let sim = Sim::new(13);
+    let nodes = sim.cluster(1).await;
+    let ev = nodes[0].events();
+    let mut subs = Vec::new();
+    for t in 0..mycorrizal::core::wire::events::MAX_TOPICS {
+        subs.push(ev.subscribe(&format!("t{t}")).await.unwrap());
+    }
+    assert!(matches!(
+        ev.subscribe("one-too-many").await.unwrap_err(),
+        EventsError::InvalidOption { field: "subscriptions", .. }
+    ));
+    // More subscribers of a topic already subscribed to are fine.
+    subs.push(ev.subscribe("t0").await.unwrap());
+}

@@ -15,6 +15,8 @@ pub const MAX_BATCH_ITEMS: usize = 4096;
 pub const MAX_TOPICS: usize = 4096;
 /// Most groups per topic one node may declare.
 pub const MAX_GROUPS: usize = 256;
+/// Most bytes of topic and group names in one node's interest (well under a message's limit).
+pub const MAX_INTEREST_BYTES: usize = 1024 * 1024;
 
 /// One request on the Events channel.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -98,7 +100,17 @@ pub struct Batch {
     /// The items.
     #[prost(message, repeated, tag = "4")]
     pub items: Vec<Item>,
+    /// The lane, numbered on its own: [`EVENTS_LANE`] carries events, [`SETTLE_LANE`]
+    /// acknowledgements and nacks (so they never wait behind an event a slow subscriber
+    /// refuses).
+    #[prost(uint32, tag = "5")]
+    pub lane: u32,
 }
+
+/// The lane of events.
+pub const EVENTS_LANE: u32 = 0;
+/// The lane of acknowledgements and nacks.
+pub const SETTLE_LANE: u32 = 1;
 
 /// One item of a stream.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -191,8 +203,9 @@ pub struct BatchReply {
 }
 
 /// A part of a taken item handed back: a group share for a group with no member on the
-/// receiver (the publisher delivers it elsewhere), or a `Nack` for an incarnation of the
-/// receiver that no longer exists (the sender redelivers it among its own members).
+/// receiver, or whose queue there is full (the publisher delivers it elsewhere or later), or a
+/// `Nack` for an incarnation of the receiver that no longer exists (the sender redelivers it
+/// among its own members).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Returned {
     /// Index of the item in the batch.
@@ -201,6 +214,9 @@ pub struct Returned {
     /// The group of the share handed back; empty for a `Nack`.
     #[prost(string, tag = "2")]
     pub group: String,
+    /// The group has members there but its queue is full (retry later); otherwise it has none.
+    #[prost(bool, tag = "3")]
+    pub full: bool,
 }
 
 impl EventsRequest {
@@ -211,9 +227,17 @@ impl EventsRequest {
             None => false,
             Some(EventsOp::Interest(i)) => i.check(),
             Some(EventsOp::Batch(b)) => {
+                let settle =
+                    |i: &Item| matches!(i.kind, Some(ItemKind::Ack(_) | ItemKind::Nack(_)));
+                let lane_ok = match b.lane {
+                    EVENTS_LANE => !b.items.iter().any(settle),
+                    SETTLE_LANE => b.items.iter().all(settle),
+                    _ => false,
+                };
                 !b.items.is_empty()
                     && b.items.len() <= MAX_BATCH_ITEMS
                     && b.first >= 1
+                    && lane_ok
                     && b.items.iter().all(Item::check)
             }
         }
@@ -223,7 +247,13 @@ impl EventsRequest {
 impl WireInterest {
     /// Bounds and names are valid.
     pub fn check(&self) -> bool {
+        let bytes: usize = self
+            .topics
+            .iter()
+            .map(|t| t.topic.len() + 8 + t.groups.iter().map(|g| g.len() + 4).sum::<usize>())
+            .sum();
         self.topics.len() <= MAX_TOPICS
+            && bytes <= MAX_INTEREST_BYTES
             && self.topics.iter().all(|t| {
                 check_name(&t.topic).is_ok()
                     && t.groups.len() <= MAX_GROUPS
@@ -276,6 +306,7 @@ mod tests {
                 stream: 1,
                 first: 1,
                 items: vec![event("orders", 1), event("orders", 2)],
+                lane: EVENTS_LANE,
             })),
         };
         let back = EventsRequest::decode(req.encode_to_vec().as_slice()).unwrap();
@@ -286,7 +317,7 @@ mod tests {
     #[test]
     fn malformed_requests_are_refused() {
         let batch = |items, first| EventsRequest {
-            op: Some(EventsOp::Batch(Batch { incarnation: 1, stream: 1, first, items })),
+            op: Some(EventsOp::Batch(Batch { incarnation: 1, stream: 1, first, items, lane: 0 })),
         };
         assert!(!EventsRequest { op: None }.check());
         assert!(!batch(vec![], 1).check());
@@ -294,6 +325,19 @@ mod tests {
         assert!(!batch(vec![event("bad topic", 1)], 1).check());
         assert!(!batch(vec![event("orders", 0)], 1).check());
         assert!(!batch(vec![Item { kind: None }], 1).check());
+        // Events on the settle lane, or an unknown lane, are refused.
+        let on_lane = |lane| EventsRequest {
+            op: Some(EventsOp::Batch(Batch {
+                incarnation: 1,
+                stream: 1,
+                first: 1,
+                items: vec![event("orders", 1)],
+                lane,
+            })),
+        };
+        assert!(on_lane(EVENTS_LANE).check());
+        assert!(!on_lane(SETTLE_LANE).check());
+        assert!(!on_lane(7).check());
         assert!(!batch(vec![event("orders", 1); MAX_BATCH_ITEMS + 1], 1).check());
         let interest = WireInterest {
             incarnation: 1,

@@ -110,8 +110,8 @@ pub enum Reason {
     /// The node's subscriptions are not known yet (it joined recently and could not be asked
     /// in time): the event was not sent there.
     InterestUnknown,
-    /// No live member of the group could take it (none left, or too many group events are
-    /// unacknowledged). It is kept and delivered when a member can take it.
+    /// No live member of the group could take it yet (none is live, or every member's node
+    /// is not taking events). It is kept and delivered when a member can take it.
     Held,
 }
 
@@ -129,7 +129,8 @@ impl std::fmt::Display for Reason {
 }
 
 /// What a subscription's `recv` reports instead of an event. After `Lagged` and `Gap` the
-/// subscription goes on; nothing is ever lost without one of them.
+/// subscription goes on. A `Gap` is noticed when the publisher's next event arrives: events
+/// missed at the very end of a publisher's life (or of an incarnation) are not announced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
     /// This subscription's queue was full (overflow policy `Lag`): `missed` events were

@@ -6,7 +6,8 @@
 //!   did not ([`PublishError::Unconfirmed`]);
 //! - [`Events::subscribe`]: every subscriber on every node receives every event published
 //!   after `subscribe` returned, in each publisher's order; an event it cannot receive is
-//!   reported ([`RecvError::Lagged`], [`RecvError::Gap`]), never silently skipped;
+//!   reported ([`RecvError::Lagged`] at once, [`RecvError::Gap`] when the publisher's next
+//!   event arrives), never silently skipped;
 //! - [`Events::subscribe_group`]: each event goes to one member of the group; a member
 //!   acknowledges it ([`Delivery::ack`]); an event not acknowledged within the group's
 //!   deadline, given back ([`Delivery::nack`], or dropped unacknowledged), or whose member's

@@ -62,17 +62,20 @@ impl BroadcastQueue {
         if s.closed {
             return false;
         }
-        if let Some(missed) = gap {
-            s.slots.push_back(Slot::Gap(event.id.publisher.clone(), missed));
-        }
         let dropped = if s.events < self.capacity {
+            if let Some(missed) = gap {
+                s.slots.push_back(Slot::Gap(event.id.publisher.clone(), missed));
+            }
             s.slots.push_back(Slot::Event(event));
             s.events += 1;
             false
         } else {
+            // Full: the event and any gap before it are reported as one count, so a queue
+            // nobody reads holds at most one marker after its events.
+            let missed = 1 + gap.unwrap_or(0);
             match s.slots.back_mut() {
-                Some(Slot::Lagged(n)) => *n += 1,
-                _ => s.slots.push_back(Slot::Lagged(1)),
+                Some(Slot::Lagged(n)) => *n = n.saturating_add(missed),
+                _ => s.slots.push_back(Slot::Lagged(missed)),
             }
             true
         };
@@ -125,6 +128,8 @@ impl BroadcastQueue {
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub event: Event,
+    /// When it reached this node (or came back to its queue).
+    pub arrived: Instant,
 }
 
 /// The queue of one group on this node, shared by the node's members of the group.
@@ -231,6 +236,11 @@ impl GroupQueue {
     /// The next event for a member, handed out under `token` with its deadline running.
     pub async fn recv(&self) -> Result<(u64, Event), RecvError> {
         loop {
+            // Registered before the state is checked: neither an item's `notify_one` nor a
+            // close's `notify_waiters` can slip between the check and the wait.
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
             {
                 let mut s = lock(&self.state);
                 if s.closed {
@@ -250,7 +260,7 @@ impl GroupQueue {
                     return Ok((token, event));
                 }
             }
-            self.ready.notified().await;
+            ready.await;
         }
     }
 
@@ -262,14 +272,18 @@ impl GroupQueue {
         Some(held)
     }
 
-    /// Takes back the deliveries whose deadline passed.
+    /// Takes back the deliveries whose deadline passed, and the events that waited in the
+    /// queue that long without a member taking them (its members stopped receiving).
     pub fn expired(&self, now: Instant) -> Vec<Held> {
         let mut s = lock(&self.state);
         let mut tokens: Vec<u64> =
             s.in_flight.iter().filter(|(_, (_, d))| *d <= now).map(|(t, _)| *t).collect();
         tokens.sort_unstable();
-        let out: Vec<Held> =
+        let mut out: Vec<Held> =
             tokens.into_iter().filter_map(|t| s.in_flight.remove(&t).map(|(h, _)| h)).collect();
+        while s.queued.front().is_some_and(|h| h.arrived + self.ack_deadline <= now) {
+            out.extend(s.queued.pop_front());
+        }
         for h in &out {
             s.held.remove(&h.event.id);
         }
@@ -284,4 +298,38 @@ pub(crate) enum Refusal {
     NoMember,
     /// Queue full: back-pressure.
     Full,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use mycorrizal_core::NodeId;
+
+    use super::*;
+
+    fn event(seq: u64) -> Event {
+        Event {
+            id: EventId { publisher: NodeId::new("p").unwrap(), incarnation: 1, seq },
+            topic: Arc::from("t"),
+            payload: Bytes::new(),
+            published_at_ms: 0,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_full_lag_queue_holds_one_marker_however_many_events_and_gaps_it_drops() {
+        let q = BroadcastQueue::new(1, 2, Overflow::Lag);
+        assert!(!q.push(event(1), None));
+        assert!(!q.push(event(2), None));
+        for seq in (4..10_000).step_by(2) {
+            assert!(q.push(event(seq), Some(1)));
+        }
+        assert_eq!(lock(&q.state).slots.len(), 3);
+        assert_eq!(q.try_recv().unwrap().unwrap().id.seq, 1);
+        assert_eq!(q.try_recv().unwrap().unwrap().id.seq, 2);
+        // 4,998 events dropped, each after a gap of one.
+        assert_eq!(q.try_recv().unwrap(), Err(RecvError::Lagged { missed: 9_996 }));
+        assert!(q.try_recv().is_none());
+    }
 }

@@ -1,8 +1,10 @@
 //! The node's event bus: who subscribes where (interest), the routes publishers use, the
 //! receiving side of streams, group acknowledgements, and the background tasks.
 //!
-//! Lock order (never the reverse): `inbound` → `local` → a queue's state; `publishing` → a
-//! stream's state; `peers` → `local`. Nothing holds a lock across an `.await`.
+//! Lock order (never the reverse): `inbound` → `local` → a queue's state; `inbound` →
+//! `publishing` (a refused group share is given back while a batch is applied);
+//! `publishing` → a stream's state, `peers` (stream checks) and `local` (local redelivery);
+//! `rebuilding` → `peers` → `local`. Nothing holds a lock across an `.await`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -32,6 +34,8 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
+
+use mycorrizal_core::wire::events::{MAX_GROUPS, MAX_INTEREST_BYTES, MAX_TOPICS};
 
 use super::{
     Event, EventId, EventsConfig, EventsError, EventsStats, GroupOptions, SubscribeOptions,
@@ -72,6 +76,35 @@ impl LocalTopic {
 }
 
 impl Local {
+    /// Whether one more subscription to `topic` (in `group`) keeps this node's interest within
+    /// what peers accept (`MAX_TOPICS`, `MAX_GROUPS`, `MAX_INTEREST_BYTES`).
+    fn admits(&self, topic: &str, group: Option<&str>) -> Result<(), EventsError> {
+        let t = self.topics.get(topic);
+        let new_topic = t.is_none();
+        let new_group = group.is_some_and(|g| !t.is_some_and(|t| t.groups.contains_key(g)));
+        let too_many = |what: &str, max: usize| EventsError::InvalidOption {
+            field: "subscriptions",
+            reason: format!("at most {max} {what}"),
+        };
+        if new_topic && self.topics.len() >= MAX_TOPICS {
+            return Err(too_many("topics per node", MAX_TOPICS));
+        }
+        if new_group && t.is_some_and(|t| t.groups.len() >= MAX_GROUPS) {
+            return Err(too_many("groups per topic on one node", MAX_GROUPS));
+        }
+        let bytes: usize = self
+            .topics
+            .iter()
+            .map(|(name, t)| name.len() + 8 + t.groups.keys().map(|g| g.len() + 4).sum::<usize>())
+            .sum();
+        let more = if new_topic { topic.len() + 8 } else { 0 }
+            + if new_group { group.map_or(0, |g| g.len() + 4) } else { 0 };
+        if bytes + more > MAX_INTEREST_BYTES {
+            return Err(too_many("bytes of topic and group names per node", MAX_INTEREST_BYTES));
+        }
+        Ok(())
+    }
+
     fn interest(&self, incarnation: u64) -> WireInterest {
         WireInterest {
             incarnation,
@@ -87,6 +120,21 @@ impl Local {
                 .collect(),
         }
     }
+}
+
+/// Where this node stands in a publisher's stream, and what it handed back of the items it
+/// applied last (repeated if the publisher resends them because the answer was lost).
+struct Inbound {
+    cursor: StreamCursor,
+    handbacks: Vec<HandBack>,
+}
+
+#[derive(Clone)]
+struct HandBack {
+    /// The item's number in the stream.
+    item: u64,
+    group: String,
+    full: bool,
 }
 
 /// What this node knows of a peer's subscriptions.
@@ -172,13 +220,22 @@ pub(crate) struct Runtime {
     pub(super) local: Mutex<Local>,
     peers: Mutex<Peers>,
     routes: RwLock<Arc<Routes>>,
+    /// Serialises `rebuild_routes` (compute and store), so an older computation never
+    /// replaces a newer one.
+    rebuilding: Mutex<()>,
     pub(super) routes_changed: Notify,
     pub(super) publishing: Mutex<Publishing>,
-    inbound: Mutex<HashMap<NodeId, StreamCursor>>,
+    /// Per publisher and lane.
+    inbound: Mutex<HashMap<(NodeId, u32), Inbound>>,
     exchange_now: Notify,
     /// Woken when group deliveries are acknowledged (room under `max_unacked`).
     pub(super) acked: Arc<Notify>,
     pub(super) closing: AtomicBool,
+    /// The node stopped: no new stream tasks.
+    pub(super) stopped: AtomicBool,
+    /// The runtime the node started on: stream tasks are spawned there, so settling a
+    /// delivery from a plain thread works.
+    pub(super) tasks: tokio::runtime::Handle,
 }
 
 impl Runtime {
@@ -201,12 +258,15 @@ impl Runtime {
             local: Mutex::new(Local::default()),
             peers: Mutex::new(Peers::default()),
             routes: RwLock::new(Arc::new(Routes::default())),
+            rebuilding: Mutex::new(()),
             routes_changed: Notify::new(),
             publishing: Mutex::new(Publishing::default()),
             inbound: Mutex::new(HashMap::new()),
             exchange_now: Notify::new(),
             acked: Arc::new(Notify::new()),
             closing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            tasks: tokio::runtime::Handle::current(),
         });
         rt.rebuild_routes();
         rt
@@ -218,6 +278,7 @@ impl Runtime {
 
     /// Recomputes the routes from the membership, peers' interest and local subscriptions.
     pub(super) fn rebuild_routes(&self) {
+        let _one_at_a_time = lock(&self.rebuilding);
         let view = self.view.borrow().clone();
         let now = Instant::now();
         let mut routes = Routes::default();
@@ -307,10 +368,12 @@ impl Runtime {
             },
         );
         drop(peers);
+        // Routes first, so the group events the old process held are rerouted with the new
+        // incarnation in view.
+        self.rebuild_routes();
         if restarted {
             self.close_stream(from);
         }
-        self.rebuild_routes();
     }
 
     /// A peer sent its interest: keep it, answer with ours.
@@ -333,15 +396,15 @@ impl Runtime {
         let ours = self.local_interest();
         let version = ours.version;
         match self.call(&peer, EventsOp::Interest(ours)).await? {
-            EventsReply::Interest(theirs) => {
+            EventsReply::Interest(theirs) if theirs.check() => {
                 lock(&self.peers).confirmed.insert(peer.clone(), version);
                 self.learn(&peer, generation, theirs);
                 Ok(())
             }
-            EventsReply::Batch(_) => Err(MessagingError::Remote {
+            _ => Err(MessagingError::Remote {
                 peer,
                 code: ErrorCode::BadRequest,
-                message: "answered an interest exchange with a batch reply".into(),
+                message: "malformed answer to an interest exchange".into(),
             }),
         }
     }
@@ -454,7 +517,7 @@ impl Runtime {
             self.close_stream(node);
         }
         let known: BTreeSet<NodeId> = lock(&self.peers).known.keys().cloned().collect();
-        lock(&self.inbound).retain(|n, _| known.contains(n) || *n == self.me);
+        lock(&self.inbound).retain(|(n, _), _| known.contains(n) || *n == self.me);
     }
 
     // ---- local subscriptions -------------------------------------------------------------
@@ -469,6 +532,7 @@ impl Runtime {
             return Err(EventsError::ShuttingDown);
         }
         let mut local = lock(&self.local);
+        local.admits(topic, None)?;
         local.next_id += 1;
         local.version += 1;
         let id = local.next_id;
@@ -511,6 +575,7 @@ impl Runtime {
             return Err(EventsError::ShuttingDown);
         }
         let mut local = lock(&self.local);
+        local.admits(topic, Some(group))?;
         local.version += 1;
         let t = local
             .topics
@@ -583,54 +648,83 @@ impl Runtime {
     // ---- receiving ---------------------------------------------------------------------
 
     /// Applies a batch of `from`'s stream: each item once, in order, stopping at the first
-    /// event a full queue cannot take (the publisher resends the rest).
+    /// event a broadcast subscriber's full queue cannot take (the publisher resends the rest).
+    /// Acknowledgements and nacks behind that event are applied at once (they are idempotent
+    /// and must not wait behind a slow subscriber); they are skipped when resent.
     pub(super) fn accept_batch(
         self: &Arc<Self>,
         from: &NodeId,
         batch: Batch,
     ) -> Result<BatchReply, (ErrorCode, String)> {
         let mut inbound = lock(&self.inbound);
-        let kept = inbound.get(from).copied();
+        let lane = (from.clone(), batch.lane);
+        let kept = inbound.get(&lane);
         let len = batch.items.len();
-        let (skip, mut cursor) =
-            match StreamCursor::admit(kept, batch.incarnation, batch.stream, batch.first, len) {
-                Admission::Apply { skip, cursor } => (skip, cursor),
-                Admission::Stale => {
-                    return Err((ErrorCode::Refused, "stale stream".into()));
-                }
-            };
+        let (skip, mut cursor) = match StreamCursor::admit(
+            kept.map(|k| k.cursor),
+            batch.incarnation,
+            batch.stream,
+            batch.first,
+            len,
+        ) {
+            Admission::Apply { skip, cursor } => (skip, cursor),
+            Admission::Stale => {
+                return Err((ErrorCode::Refused, "stale stream".into()));
+            }
+        };
+        // Hand-backs of items applied before: their answer may have been lost.
+        let mut handbacks: Vec<HandBack> = kept
+            .filter(|k| {
+                k.cursor.incarnation == cursor.incarnation && k.cursor.stream == cursor.stream
+            })
+            .map(|k| k.handbacks.iter().filter(|h| h.item >= batch.first).cloned().collect())
+            .unwrap_or_default();
         self.stats.duplicates.fetch_add(skip as u64, Relaxed);
-        if *from != self.me {
-            self.stats.received.fetch_add((len - skip) as u64, Relaxed);
-        }
         let mut accepted = skip;
-        let mut returned = Vec::new();
+        let mut blocked = false;
         let mut settles = Vec::new();
         for (index, item) in batch.items.into_iter().enumerate().skip(skip) {
+            let number = batch.first.saturating_add(index as u64);
             match item.kind {
-                Some(ItemKind::Event(e)) => {
+                Some(ItemKind::Event(e)) if !blocked => {
                     match self.deliver(from, batch.incarnation, e) {
-                        Some(groups) => returned.extend(
-                            groups.into_iter().map(|group| Returned { index: index as u32, group }),
-                        ),
-                        // A queue applying back-pressure is full: the publisher resends.
-                        None => break,
+                        Some(groups) => {
+                            handbacks.extend(groups.into_iter().map(|(group, full)| HandBack {
+                                item: number,
+                                group,
+                                full,
+                            }))
+                        }
+                        // A broadcast subscriber's queue is full: the publisher resends from here.
+                        None => blocked = true,
                     }
                 }
                 Some(ItemKind::Ack(s)) => settles.push((true, s)),
-                Some(ItemKind::Nack(s)) => {
-                    if s.incarnation == self.incarnation {
-                        settles.push((false, s));
-                    } else {
-                        returned.push(Returned { index: index as u32, group: String::new() });
-                    }
+                Some(ItemKind::Nack(s)) if s.incarnation == self.incarnation => {
+                    settles.push((false, s))
                 }
-                None => {}
+                Some(ItemKind::Nack(_)) if !blocked => {
+                    handbacks.push(HandBack { item: number, group: String::new(), full: false })
+                }
+                _ => {}
             }
-            accepted += 1;
+            if !blocked {
+                accepted += 1;
+            }
+        }
+        if *from != self.me {
+            self.stats.received.fetch_add((accepted - skip) as u64, Relaxed);
         }
         cursor.next = batch.first.saturating_add(accepted as u64);
-        inbound.insert(from.clone(), cursor);
+        let returned = handbacks
+            .iter()
+            .map(|h| Returned {
+                index: (h.item - batch.first) as u32,
+                group: h.group.clone(),
+                full: h.full,
+            })
+            .collect();
+        inbound.insert(lane, Inbound { cursor, handbacks });
         drop(inbound);
         for (ack, s) in settles {
             if ack {
@@ -643,17 +737,18 @@ impl Runtime {
     }
 
     /// Delivers one event to this node's subscribers of its topic: every broadcast
-    /// subscription and the named groups. Refuses it whole when a queue that applies
-    /// back-pressure is full; returns the groups that have no member here.
+    /// subscription and the named groups. Refuses it whole (`None`) when a broadcast queue
+    /// that applies back-pressure is full; returns the group shares it hands back (group, and
+    /// whether its queue was full rather than without a member here).
     fn deliver(
         self: &Arc<Self>,
         from: &NodeId,
         incarnation: u64,
         e: WireEvent,
-    ) -> Option<Vec<String>> {
+    ) -> Option<Vec<(String, bool)>> {
         let mut local = lock(&self.local);
         let Some(t) = local.topics.get_mut(e.topic.as_str()) else {
-            return Some(e.groups.into_iter().map(|g| g.group).collect());
+            return Some(e.groups.into_iter().map(|g| (g.group, false)).collect());
         };
         if e.broadcast && t.broadcast.iter().any(|q| !q.has_room()) {
             return None;
@@ -663,8 +758,8 @@ impl Runtime {
         for part in e.groups {
             match t.groups.get(part.group.as_str()).map(|q| (q, q.accepts())) {
                 Some((q, Ok(()))) => takers.push((q.clone(), part.attempt)),
-                Some((_, Err(Refusal::Full))) => return None,
-                _ => returned.push(part.group),
+                Some((_, Err(Refusal::Full))) => returned.push((part.group, true)),
+                _ => returned.push((part.group, false)),
             }
         }
         let event = Event {
@@ -697,7 +792,7 @@ impl Runtime {
         }
         drop(local);
         for (q, attempt) in takers {
-            let held = Held { event: Event { attempt, ..event.clone() } };
+            let held = Held { event: Event { attempt, ..event.clone() }, arrived: Instant::now() };
             match q.push(held) {
                 Ok(true) => {
                     self.stats.delivered.fetch_add(1, Relaxed);
@@ -747,6 +842,11 @@ impl Runtime {
         self.enqueue_settle(kind, event, group);
     }
 
+    /// The events incarnation this node knows for `node`'s process, if any.
+    pub(super) fn known_incarnation(&self, node: &NodeId) -> Option<u64> {
+        lock(&self.peers).known.get(node).map(|k| k.incarnation)
+    }
+
     /// Whether `node`'s process `incarnation` may still be running: it is the one whose
     /// interest we know, or we know none and the node is a live member.
     pub(super) fn knows_process(&self, node: &NodeId, incarnation: u64) -> bool {
@@ -761,8 +861,8 @@ impl Runtime {
     pub(super) fn requeue_locally(&self, mut event: Event, group: &str) {
         let q =
             lock(&self.local).topics.get(&*event.topic).and_then(|t| t.groups.get(group).cloned());
-        event.attempt += 1;
-        let held = Held { event };
+        event.attempt = event.attempt.saturating_add(1);
+        let held = Held { event, arrived: Instant::now() };
         match q.map(|q| q.push(held)) {
             Some(Ok(_)) => {
                 self.stats.redelivered.fetch_add(1, Relaxed);
@@ -794,6 +894,7 @@ impl Runtime {
                 }
             }
             self.on_membership();
+            self.rescue_stalled(now);
             self.retry_held();
             self.reoffer(now);
         }
@@ -821,6 +922,20 @@ impl Runtime {
             reoffered: s.reoffered.load(Relaxed),
             unacked: pending,
             held,
+        }
+    }
+
+    /// The node stopped without leaving (dropped): subscriptions see `Closed`; what they held
+    /// stays unacknowledged (its publishers redeliver it once this node is seen down).
+    pub(crate) fn close_local(&self) {
+        let topics = std::mem::take(&mut lock(&self.local).topics);
+        for t in topics.values() {
+            for q in &t.broadcast {
+                q.close();
+            }
+            for q in t.groups.values() {
+                drop(q.close());
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! gap.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
     time::Duration,
@@ -20,7 +20,8 @@ use mycorrizal_core::{
     events::choose_member,
     wire::{
         events::{
-            Batch, EventsOp, EventsReply, GroupPart, Item, ItemKind, Returned, Settle, WireEvent,
+            Batch, EVENTS_LANE, EventsOp, EventsReply, GroupPart, Item, ItemKind, Returned,
+            SETTLE_LANE, Settle, WireEvent,
         },
         messages::ErrorCode,
     },
@@ -59,6 +60,19 @@ struct Pending {
     sent_at: Instant,
 }
 
+impl Publishing {
+    /// Holds a group delivery for a retry on the next tick.
+    fn park(&mut self, key: &PendingKey) {
+        let Some(entry) = self.pending.get_mut(key) else { return };
+        if let Some(old) = entry.at.take() {
+            if let Some(l) = self.load.get_mut(&old) {
+                *l = l.saturating_sub(1);
+            }
+            self.held += 1;
+        }
+    }
+}
+
 /// Publisher state: topic numbers, streams, group deliveries in flight.
 #[derive(Default)]
 pub(super) struct Publishing {
@@ -88,6 +102,9 @@ struct StreamState {
     queue: VecDeque<Queued>,
     /// Number of the next item queued.
     next: u64,
+    /// The settle lane: acknowledgements and nacks.
+    settles: VecDeque<Queued>,
+    next_settle: u64,
     /// Counted events and their payload bytes (published events; redeliveries and
     /// acknowledgements are bounded elsewhere and not counted).
     events: usize,
@@ -118,6 +135,8 @@ enum Room {
     Stalled,
     /// Full and stalled: do not send (its subscribers will be told of the gap).
     Blocked,
+    /// No stream: the route names a process that is gone.
+    Gone,
 }
 
 impl Stream {
@@ -129,6 +148,8 @@ impl Stream {
             state: Mutex::new(StreamState {
                 queue: VecDeque::new(),
                 next: 1,
+                settles: VecDeque::new(),
+                next_settle: 1,
                 events: 0,
                 bytes: 0,
                 closed: false,
@@ -160,33 +181,46 @@ impl Stream {
         if s.closed {
             return Err(Box::new(q));
         }
-        q.seq = s.next;
-        s.next += 1;
-        if q.counted {
-            s.events += 1;
-            s.bytes += q.bytes;
+        if matches!(q.item.kind, Some(ItemKind::Ack(_) | ItemKind::Nack(_))) {
+            q.seq = s.next_settle;
+            s.next_settle += 1;
+            s.settles.push_back(q);
+        } else {
+            q.seq = s.next;
+            s.next += 1;
+            if q.counted {
+                s.events += 1;
+                s.bytes += q.bytes;
+            }
+            s.queue.push_back(q);
         }
-        s.queue.push_back(q);
         drop(s);
         self.wake.notify_one();
         Ok(())
     }
 
-    /// The items to send next (copies: they leave the queue only once taken), or `None` when
-    /// the queue is empty; `Err` once closed.
-    fn next_batch(&self, rt: &Runtime) -> Result<Option<(u64, Vec<Item>)>, ()> {
+    /// The items to send next (copies: they leave the queue only once taken): the settle lane
+    /// first, at most `most` events otherwise; `None` when both lanes are empty; `Err` once
+    /// closed.
+    #[allow(clippy::type_complexity)]
+    fn next_batch(&self, rt: &Runtime, most: usize) -> Result<Option<(u32, u64, Vec<Item>)>, ()> {
         let s = lock(&self.state);
         if s.closed {
             return Err(());
         }
-        let Some(first) = s.queue.front().map(|q| q.seq) else {
+        let (lane, queue, most) = if s.settles.is_empty() {
+            (EVENTS_LANE, &s.queue, most)
+        } else {
+            (SETTLE_LANE, &s.settles, usize::MAX)
+        };
+        let Some(first) = queue.front().map(|q| q.seq) else {
             return Ok(None);
         };
         let mut bytes = 0;
         let mut items = Vec::new();
-        for q in &s.queue {
+        for q in queue {
             if !items.is_empty()
-                && (items.len() >= rt.config.batch_events
+                && (items.len() >= rt.config.batch_events.min(most)
                     || bytes + q.bytes > rt.config.batch_bytes)
             {
                 break;
@@ -194,30 +228,61 @@ impl Stream {
             bytes += q.bytes;
             items.push(q.item.clone());
         }
-        Ok(Some((first, items)))
+        Ok(Some((lane, first, items)))
     }
 
-    /// Removes the first `n` items, which the destination took.
-    fn taken(&self, first: u64, n: usize) -> Vec<Queued> {
-        let mut s = lock(&self.state);
-        if s.closed || s.queue.front().map(|q| q.seq) != Some(first) {
+    /// Removes the first `n` items of `lane`, which the destination took.
+    fn taken(&self, lane: u32, first: u64, n: usize) -> Vec<Queued> {
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        let queue = if lane == SETTLE_LANE { &mut s.settles } else { &mut s.queue };
+        if s.closed || queue.front().map(|q| q.seq) != Some(first) {
             return Vec::new();
         }
-        let n = n.min(s.queue.len());
-        let taken: Vec<Queued> = s.queue.drain(..n).collect();
+        let n = n.min(queue.len());
+        let taken: Vec<Queued> = queue.drain(..n).collect();
         for q in taken.iter().filter(|q| q.counted) {
             s.events -= 1;
             s.bytes -= q.bytes;
         }
-        drop(s);
+        drop(guard);
         self.space.notify_waiters();
         taken
+    }
+
+    /// Whether the destination has taken nothing for a whole publish timeout.
+    fn stalled(&self, rt: &Runtime, now: Instant) -> bool {
+        lock(&self.state)
+            .queue
+            .front()
+            .is_some_and(|q| q.queued_at + rt.config.publish_timeout <= now)
+    }
+
+    /// Removes the group shares `movable` accepts from the events still queued and returns
+    /// them (the stream is stalled: they go to other members instead of waiting behind it).
+    fn strip_groups(&self, movable: impl Fn(&str, &str) -> bool) -> Vec<PendingKey> {
+        let mut s = lock(&self.state);
+        let mut keys = Vec::new();
+        for q in s.queue.iter_mut() {
+            if let Some(ItemKind::Event(e)) = &mut q.item.kind {
+                let topic = e.topic.clone();
+                e.groups.retain(|part| {
+                    let movable = movable(&topic, &part.group);
+                    if movable {
+                        keys.push((topic.clone(), e.seq, part.group.clone()));
+                    }
+                    !movable
+                });
+            }
+        }
+        keys
     }
 
     fn close(&self) -> Vec<Queued> {
         let mut s = lock(&self.state);
         s.closed = true;
-        let items = s.queue.drain(..).collect();
+        let mut items: Vec<Queued> = s.queue.drain(..).collect();
+        items.extend(s.settles.drain(..));
         drop(s);
         self.wake.notify_one();
         self.space.notify_waiters();
@@ -225,7 +290,22 @@ impl Stream {
     }
 
     fn is_empty(&self) -> bool {
-        lock(&self.state).queue.is_empty()
+        let s = lock(&self.state);
+        s.queue.is_empty() && s.settles.is_empty()
+    }
+}
+
+/// What an item weighs against batch and stream bounds: payload and names.
+fn item_bytes(item: &Item) -> usize {
+    match &item.kind {
+        Some(ItemKind::Event(e)) => {
+            e.payload.len()
+                + e.topic.len()
+                + e.groups.iter().map(|g| g.group.len() + 8).sum::<usize>()
+                + 32
+        }
+        Some(ItemKind::Ack(s) | ItemKind::Nack(s)) => s.topic.len() + s.group.len() + 32,
+        None => 0,
     }
 }
 
@@ -352,7 +432,10 @@ impl Runtime {
             if let Some((_, r)) = rooms.get(&d.node) {
                 return *r;
             }
-            let s = rt.stream_for(p, d);
+            let Some(s) = rt.stream_for(p, d) else {
+                // A stale route (the process changed since): as if it had gone.
+                return Room::Gone;
+            };
             let r = s.room(rt, size, now);
             rooms.insert(d.node.clone(), (s, r));
             r
@@ -370,6 +453,7 @@ impl Runtime {
                     None
                 }
                 Room::Wait | Room::Blocked => Some(Reason::Full),
+                Room::Gone => Some(Reason::Down),
             };
             // A node held down is not waited for and not reported: it is not a member now.
             if d.live
@@ -377,7 +461,7 @@ impl Runtime {
             {
                 skipped.push(Unconfirmed { target: Target::Node(d.node.clone()), reason });
             }
-            if reason != Some(Reason::Full) {
+            if !matches!(reason, Some(Reason::Full | Reason::Down)) {
                 let planned = plan.entry(d.node.clone()).or_default();
                 planned.broadcast = true;
                 planned.confirm = d.live && reason.is_none();
@@ -467,15 +551,9 @@ impl Runtime {
                     published_at_ms,
                 })),
             };
-            let queued = Queued {
-                seq: 0,
-                item,
-                bytes: size,
-                counted: true,
-                queued_at: now,
-                done,
-                nacked: None,
-            };
+            let bytes = item_bytes(&item);
+            let queued =
+                Queued { seq: 0, item, bytes, counted: true, queued_at: now, done, nacked: None };
             if let Err(q) = stream.push(queued) {
                 // Closed since we looked (its process is gone): as if it had gone first.
                 if let Some(done) = q.done {
@@ -510,21 +588,36 @@ impl Runtime {
     }
 
     /// The stream to `dest`, opened (and its sender task started) if there is none; a stream
-    /// to another incarnation of the node (an older process) is closed first.
-    fn stream_for(self: &Arc<Self>, p: &mut Publishing, dest: &Dest) -> Arc<Stream> {
+    /// to another incarnation of the node (an older process) is closed first. `None` when
+    /// `dest` is not the process this node knows for that node (a stale route) or the node
+    /// stopped.
+    fn stream_for(self: &Arc<Self>, p: &mut Publishing, dest: &Dest) -> Option<Arc<Stream>> {
+        if self.stopped.load(Relaxed) {
+            return None;
+        }
+        if dest.node != self.me
+            && self.known_incarnation(&dest.node).is_some_and(|i| i != dest.incarnation)
+        {
+            return None;
+        }
         if let Some(s) = p.streams.get(&dest.node) {
             if s.incarnation == dest.incarnation {
-                return s.clone();
+                return Some(s.clone());
             }
             self.close_locked(p, &dest.node.clone());
+            // Closing reroutes group events, which may have opened the stream we want.
+            if let Some(s) = p.streams.get(&dest.node).filter(|s| s.incarnation == dest.incarnation)
+            {
+                return Some(s.clone());
+            }
         }
         p.next_stream += 1;
         let s = Arc::new(Stream::new(dest.node.clone(), dest.incarnation, p.next_stream));
-        p.streams.insert(dest.node.clone(), s.clone());
-        if !self.closing.load(Relaxed) || dest.node != self.me {
-            tokio::spawn(self.clone().run_stream(s.clone()));
+        if let Some(old) = p.streams.insert(dest.node.clone(), s.clone()) {
+            drop(old.close());
         }
-        s
+        self.tasks.spawn(self.clone().run_stream(s.clone()));
+        Some(s)
     }
 
     /// Closes the stream to `node` (it left): publishes waiting on it learn `Down`, its group
@@ -613,9 +706,14 @@ impl Runtime {
             p.held += 1;
             return;
         };
-        let stream = self.stream_for(p, dest);
+        let Some(stream) = self.stream_for(p, dest) else {
+            let entry = p.pending.get_mut(key).expect("present above");
+            entry.at = None;
+            p.held += 1;
+            return;
+        };
         let entry = p.pending.get_mut(key).expect("present above");
-        entry.attempt += 1;
+        entry.attempt = entry.attempt.saturating_add(1);
         let item = Item {
             kind: Some(ItemKind::Event(WireEvent {
                 topic: key.0.clone(),
@@ -626,7 +724,7 @@ impl Runtime {
                 published_at_ms: entry.published_at_ms,
             })),
         };
-        let bytes = entry.payload.len();
+        let bytes = item_bytes(&item);
         let queued = Queued {
             seq: 0,
             item,
@@ -645,6 +743,38 @@ impl Runtime {
             p.held += 1;
         }
         self.stats.redelivered.fetch_add(1, Relaxed);
+    }
+
+    /// Group deliveries queued toward a stalled node (a subscriber that stopped reading, an
+    /// unreachable node) go to other members rather than wait behind it.
+    pub(super) fn rescue_stalled(self: &Arc<Self>, now: Instant) {
+        let mut p = lock(&self.publishing);
+        let mut stalled: Vec<Arc<Stream>> = p
+            .streams
+            .values()
+            .filter(|s| s.to != self.me && s.stalled(self, now))
+            .cloned()
+            .collect();
+        if stalled.is_empty() {
+            return;
+        }
+        stalled.sort_by(|a, b| a.to.cmp(&b.to));
+        let routes = self.routes();
+        for s in stalled {
+            // Only shares another member can take: a group whose only member is there waits.
+            let elsewhere = |topic: &str, group: &str| {
+                routes
+                    .topics
+                    .get(topic)
+                    .and_then(|r| r.groups.get(group))
+                    .is_some_and(|m| m.iter().any(|d| d.node != s.to))
+            };
+            for key in s.strip_groups(elsewhere) {
+                if p.pending.get(&key).is_some_and(|e| e.at.as_ref() == Some(&s.to)) {
+                    self.reroute(&mut p, &routes, &key, Some(&s.to));
+                }
+            }
+        }
     }
 
     /// Retries group deliveries no member could take.
@@ -681,19 +811,23 @@ impl Runtime {
             let Some(entry) = p.pending.get(&key) else { continue };
             let Some(node) = entry.at.clone() else { continue };
             let Some(stream) = p.streams.get(&node).cloned() else { continue };
+            // A stream not draining would only pile offers up; silence there is expected.
+            if !stream.is_empty() {
+                continue;
+            }
             // Counted as a new attempt: if the holder lost it, this is a redelivery.
-            let attempt = entry.attempt + 1;
+            let attempt = entry.attempt.saturating_add(1);
             let item = Item {
                 kind: Some(ItemKind::Event(WireEvent {
                     topic: key.0.clone(),
                     seq: key.1,
                     payload: entry.payload.clone(),
                     broadcast: false,
-                    groups: vec![GroupPart { group: key.2.clone(), attempt: entry.attempt }],
+                    groups: vec![GroupPart { group: key.2.clone(), attempt }],
                     published_at_ms: entry.published_at_ms,
                 })),
             };
-            let bytes = entry.payload.len();
+            let bytes = item_bytes(&item);
             let queued = Queued {
                 seq: 0,
                 item,
@@ -742,8 +876,13 @@ impl Runtime {
         let mut p = lock(&self.publishing);
         let key = (s.topic, s.seq, s.group);
         // Only the node holding the delivery can give it back (it holds one copy: a group
-        // queue keeps an event once).
-        let current = p.pending.get(&key).is_some_and(|e| e.at.as_ref() == Some(from));
+        // queue keeps an event once), and only the attempt it holds or a later one (a node
+        // that redelivered it itself counts on from ours): a nack applied before, resent,
+        // finds the attempt already moved on.
+        let current = p
+            .pending
+            .get(&key)
+            .is_some_and(|e| e.at.as_ref() == Some(from) && s.attempt >= e.attempt);
         if current {
             let routes = self.routes();
             self.reroute(&mut p, &routes, &key, Some(from));
@@ -760,16 +899,18 @@ impl Runtime {
         let stream = match p.streams.get(publisher) {
             Some(s) if s.incarnation == event.id.incarnation => Some(s.clone()),
             Some(_) => None,
-            None => self.knows_process(publisher, event.id.incarnation).then(|| {
+            None if self.knows_process(publisher, event.id.incarnation) => {
                 let dest =
                     Dest { node: publisher.clone(), incarnation: event.id.incarnation, live: true };
                 self.stream_for(&mut p, &dest)
-            }),
+            }
+            None => None,
         };
+        let item = Item { kind: Some(kind) };
         let queued = Queued {
             seq: 0,
-            item: Item { kind: Some(kind) },
-            bytes: 0,
+            bytes: item_bytes(&item),
+            item,
             counted: false,
             queued_at: Instant::now(),
             done: None,
@@ -810,6 +951,8 @@ impl Runtime {
     /// Closes every stream (the node stopped); their tasks end.
     pub(crate) fn stop(&self) {
         self.closing.store(true, Relaxed);
+        self.stopped.store(true, Relaxed);
+        self.close_local();
         let streams: Vec<Arc<Stream>> =
             lock(&self.publishing).streams.drain().map(|(_, s)| s).collect();
         for s in streams {
@@ -821,8 +964,11 @@ impl Runtime {
     async fn run_stream(self: Arc<Self>, stream: Arc<Stream>) {
         let mut full_backoff = FULL_BACKOFF.0;
         let mut error_backoff = ERROR_BACKOFF.0;
+        // After the destination refused an event, probe with one item until it takes again,
+        // rather than resend a whole batch every pause.
+        let mut most = usize::MAX;
         loop {
-            let (first, items) = match stream.next_batch(&self) {
+            let (lane, first, items) = match stream.next_batch(&self, most) {
                 Err(()) => return,
                 Ok(None) => {
                     stream.wake.notified().await;
@@ -831,7 +977,8 @@ impl Runtime {
                 Ok(Some(b)) => b,
             };
             let n = items.len();
-            let batch = Batch { incarnation: self.incarnation, stream: stream.id, first, items };
+            let batch =
+                Batch { incarnation: self.incarnation, stream: stream.id, first, items, lane };
             self.stats.batches.fetch_add(1, Relaxed);
             let reply = if stream.to == self.me {
                 self.accept_batch(&self.me, batch).map_err(|(code, message)| {
@@ -852,12 +999,14 @@ impl Runtime {
                 Ok(r) => {
                     error_backoff = ERROR_BACKOFF.0;
                     let accepted = (r.accepted as usize).min(n);
-                    self.batch_taken(&stream, first, accepted, r.returned);
+                    self.batch_taken(&stream, lane, first, accepted, r.returned);
                     if accepted < n {
                         // A subscriber's queue is full there: back-pressure.
+                        most = 1;
                         tokio::time::sleep(full_backoff).await;
                         full_backoff = (full_backoff * 2).min(FULL_BACKOFF.1);
                     } else {
+                        most = usize::MAX;
                         full_backoff = FULL_BACKOFF.0;
                     }
                 }
@@ -880,16 +1029,17 @@ impl Runtime {
     fn batch_taken(
         self: &Arc<Self>,
         stream: &Stream,
+        lane: u32,
         first: u64,
         accepted: usize,
         returned: Vec<Returned>,
     ) {
-        let taken = stream.taken(first, accepted);
+        let taken = stream.taken(lane, first, accepted);
         if taken.is_empty() {
             return;
         }
-        let returned: HashSet<(u32, String)> =
-            returned.into_iter().map(|r| (r.index, r.group)).collect();
+        let returned: HashMap<(u32, String), bool> =
+            returned.into_iter().map(|r| ((r.index, r.group), r.full)).collect();
         let routes = self.routes();
         let mut p = lock(&self.publishing);
         for (i, q) in taken.into_iter().enumerate() {
@@ -899,9 +1049,13 @@ impl Runtime {
             match q.item.kind {
                 Some(ItemKind::Event(e)) => {
                     for part in e.groups {
-                        let back = returned.contains(&(i as u32, part.group.clone()));
+                        let back = returned.get(&(i as u32, part.group.clone())).copied();
                         let key = (e.topic.clone(), e.seq, part.group);
-                        if back {
+                        if back == Some(true) {
+                            // The group's queue there is full: retry on the next tick (to the
+                            // least loaded member then), not at once.
+                            p.park(&key);
+                        } else if back == Some(false) {
                             self.reroute(&mut p, &routes, &key, Some(&stream.to));
                         } else if let Some(entry) = p.pending.get_mut(&key)
                             && entry.at.as_ref() == Some(&stream.to)
@@ -911,7 +1065,7 @@ impl Runtime {
                         }
                     }
                 }
-                Some(ItemKind::Nack(_)) if returned.contains(&(i as u32, String::new())) => {
+                Some(ItemKind::Nack(_)) if returned.contains_key(&(i as u32, String::new())) => {
                     if let Some(nacked) = q.nacked {
                         let (event, group) = *nacked;
                         self.requeue_locally(event, &group);
