@@ -122,6 +122,11 @@ fn main() {
             n.ready().await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if std::env::var("EVENTS_BENCH_DEBUG").is_ok() {
+            for n in nodes.iter() {
+                eprintln!("{}: conns {} at start", n.id(), n.connections());
+            }
+        }
         println!(
             "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "scenario (3 nodes, 100 B)",
@@ -148,6 +153,11 @@ fn main() {
             }
             let r = run(&nodes[0], topic, total, concurrency, receivers, total).await;
             row(&format!("broadcast, {concurrency} outstanding"), &r);
+            if std::env::var("EVENTS_BENCH_DEBUG").is_ok() {
+                for n in nodes.iter() {
+                    eprintln!("{}: conns {} {:?}", n.id(), n.connections(), n.events().stats());
+                }
+            }
 
             // A group with one member on node 2 and one on node 3, acknowledging at once.
             let topic: &'static str = if concurrency == 1 { "g1" } else { "g64" };

@@ -560,6 +560,18 @@ async fn serve_inner(
             if writer.write_all(&bytes).await.is_err() {
                 return;
             }
+            // Write what else is ready, then flush: a TLS stream may accept bytes into its
+            // session buffer without writing them to the socket (when the socket would
+            // block), and without a flush they wait there for the next write; with nothing
+            // more to send, an answer would sit until its requester timed out.
+            while let Ok(more) = writes.try_recv() {
+                if writer.write_all(&more).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
         }
         let _ = writer.shutdown().await;
     });
@@ -696,4 +708,59 @@ async fn serve_inner(
         let _ = reply.send(Err(lost("connection closed")));
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+    use super::*;
+    use crate::transport::{SimConfig, SimNetwork};
+
+    struct Echo;
+
+    impl Dispatch for Echo {
+        fn dispatch(&self, _: &NodeId, _: Channel, payload: Bytes, reply: Responder) {
+            reply.respond(payload);
+        }
+    }
+
+    /// A stream that holds written bytes until flushed (as a TLS session does when the socket
+    /// would block): the answer must still leave.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_leaves_even_when_the_stream_holds_writes_until_flushed() {
+        let me = NodeId::new("server").unwrap();
+        let peer = NodeId::new("client").unwrap();
+        let addr = SocketAddr::from(([10, 9, 9, 1], 1));
+        let transport = Arc::new(SimNetwork::new(SimConfig::new(1)).transport(me.clone(), addr));
+        let (_view_tx, view) = watch::channel(Arc::new(MembershipView::default()));
+        let links =
+            Links::new(me, "c".into(), transport, view, LinkSettings::default(), Arc::new(Echo));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let server: Box<dyn AsyncStream> = Box::new(BufWriter::new(server));
+        let (_, mut rx) = mpsc::channel(1);
+        let serving = tokio::spawn(async move { serve(&links, &peer, server, &mut rx).await });
+        let mut out = BytesMut::new();
+        for f in split_message(Kind::Request, Channel::App, 7, Bytes::from_static(b"ping"), 1024) {
+            f.encode(&mut out);
+        }
+        client.write_all(&out).await.unwrap();
+        let mut decoder = FrameDecoder::new(1024);
+        let mut buf = BytesMut::new();
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(f) = decoder.decode(&mut buf).unwrap() {
+                    return f;
+                }
+                assert!(client.read_buf(&mut buf).await.unwrap() > 0);
+            }
+        })
+        .await
+        .expect("the answer was flushed");
+        assert_eq!((answer.header.kind, answer.header.request_id), (Kind::Response, 7));
+        assert_eq!(&answer.payload[..], b"ping");
+        serving.abort();
+    }
 }
