@@ -1,9 +1,9 @@
 //! `pulse demo`: a local three-node cluster doing real work, narrated for a newcomer.
 //!
 //! Three nodes start in this process on 127.0.0.1 (mutual TLS between them, secret generated
-//! for the run), share replicated buckets, survive the death of one node without losing an
-//! acknowledged write, and bring it back up to date when it returns. The command exits 0 only
-//! if every check passed.
+//! for the run), share replicated buckets and an event bus, survive the death of one node
+//! without losing an acknowledged write or event, and bring it back up to date when it
+//! returns. The command exits 0 only if every check passed.
 
 use std::{
     collections::BTreeMap,
@@ -186,7 +186,76 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "30 concurrent cache misses for one price on three nodes: the loader ran once, everyone got 19.99",
     );
 
-    step("4. Kill node-3 without warning, keep writing");
+    step("4. Events: an audit log on every node, one billing instance per order");
+    let billing = Billing::default();
+    let mut audits = Vec::new();
+    let mut members = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        audits.push(n.events().subscribe("orders.placed").await?);
+        let placed = n.events().subscribe_group("orders.placed", "billing").await?;
+        let refunds = n.events().subscribe_group("orders.refund", "billing").await?;
+        members.spawn(billing.clone().member(i, placed, refunds));
+    }
+    let t = Instant::now();
+    let mut publishers = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let events = n.events();
+        publishers.spawn(async move {
+            for k in (i as u32..EVENTS).step_by(3) {
+                events.publish("orders.placed", format!("order-{k}").into_bytes()).await?;
+            }
+            Ok::<_, mycorrizal::events::PublishError>(())
+        });
+    }
+    while let Some(r) = publishers.join_next().await {
+        r??;
+    }
+    for (i, audit) in audits.iter_mut().enumerate() {
+        let mut last: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for _ in 0..EVENTS {
+            let e = tokio::time::timeout(Duration::from_secs(10), audit.recv())
+                .await
+                .context("audit log")??;
+            let prev = last.insert(e.id.publisher.clone(), e.id.seq).unwrap_or(0);
+            ensure!(e.id.seq == prev + 1, "node-{}'s audit log out of order at {}", i + 1, e.id);
+        }
+    }
+    until(Duration::from_secs(10), "billing handled every order", || {
+        billing.placed_done() == EVENTS as usize
+    })
+    .await?;
+    let (once, split) = billing.placed_summary();
+    ensure!(once, "an order was billed twice in a healthy cluster");
+    say(&format!(
+        "{EVENTS} order events published from all three nodes in {} ms: every node's audit log got all {EVENTS}, in each publisher's order",
+        t.elapsed().as_millis()
+    ));
+    say(&format!(
+        "billing (a consumer group) handled each order exactly once, split {} across the nodes",
+        split.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("/")
+    ));
+    // Published at once: the publisher gives each to the member node with the fewest
+    // unacknowledged events, so node-3 gets its share before it stalls.
+    let mut refunds = tokio::task::JoinSet::new();
+    for r in 0..REFUNDS {
+        let events = nodes[0].events();
+        refunds.spawn(async move {
+            events.publish("orders.refund", format!("refund-{r}").into_bytes()).await
+        });
+    }
+    while let Some(r) = refunds.join_next().await {
+        r??;
+    }
+    until(Duration::from_secs(10), "refunds taken", || {
+        billing.refunds_done() + billing.refunds_held() == REFUNDS as usize
+    })
+    .await?;
+    let held_by_3 = billing.refunds_held();
+    say(&format!(
+        "{REFUNDS} refunds published; node-3's billing instance took {held_by_3} of them and stalls without acknowledging"
+    ));
+
+    step("5. Kill node-3 without warning, keep writing");
     let victim = nodes.pop().context("three nodes")?;
     drop(victim);
     let t = Instant::now();
@@ -229,8 +298,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "membership declared node-3 down {:.1} s after the kill",
         (t.elapsed()).as_secs_f64().max(detected.as_secs_f64())
     ));
+    until(Duration::from_secs(20), "refunds redelivered", || {
+        billing.refunds_done() == REFUNDS as usize
+    })
+    .await?;
+    let again = billing.refunds_redelivered();
+    ensure!(again >= held_by_3, "only {again} of the {held_by_3} held refunds were redelivered");
+    say(&format!(
+        "the {held_by_3} refunds node-3 held were delivered again to the survivors (attempt 2) and handled: all {REFUNDS} done"
+    ));
+    members.abort_all();
 
-    step("5. Restart node-3 empty; it catches up");
+    step("6. Restart node-3 empty; it catches up");
     let t = Instant::now();
     let back = start(3, &secret, Some(seed)).await?;
     tokio::time::timeout(Duration::from_secs(30), back.cache().ready())
@@ -253,7 +332,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stats = back.cache().stats();
     say(&format!("node-3 pulled {} records from its peers", stats.sync_records_received));
 
-    step("6. TTLs are replicated: sessions expire everywhere at once");
+    step("7. TTLs are replicated: sessions expire everywhere at once");
     nodes.push(back);
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     let mut left = 0;
@@ -268,7 +347,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ensure!(left == 0, "{left} sessions outlived their TTL");
     say("0 of 300 sessions readable on any node 2.2 s later");
 
-    step("7. Leave gracefully");
+    step("8. Leave gracefully");
     for n in nodes {
         n.shutdown(Duration::from_secs(5)).await;
     }
@@ -303,6 +382,90 @@ async fn write_orders(buckets: &[CacheBucket], from: u32, to: u32) -> BTreeMap<S
         acked.extend(r);
     }
     acked
+}
+
+/// Events published in step 4, and refunds whose processing node-3 stalls.
+const EVENTS: u32 = 1_000;
+const REFUNDS: u32 = 30;
+
+/// What the billing consumer group did, shared by its members on the three nodes.
+#[derive(Clone, Default)]
+struct Billing {
+    inner: Arc<std::sync::Mutex<BillingLog>>,
+}
+
+#[derive(Default)]
+struct BillingLog {
+    /// Order event → the nodes (index) that billed it.
+    placed: BTreeMap<mycorrizal::events::EventId, Vec<usize>>,
+    refunds: BTreeMap<mycorrizal::events::EventId, u32>,
+    held: usize,
+}
+
+impl Billing {
+    /// One member of the group on node `i` (index): bills orders and refunds at once, except
+    /// node-3's, which takes refunds and never finishes them (until it is killed).
+    async fn member(
+        self,
+        i: usize,
+        mut placed: mycorrizal::events::GroupSubscription,
+        mut refunds: mycorrizal::events::GroupSubscription,
+    ) {
+        let mut stalled = Vec::new();
+        loop {
+            tokio::select! {
+                d = placed.recv() => {
+                    let Ok(d) = d else { break };
+                    self.log().placed.entry(d.event.id.clone()).or_default().push(i);
+                    d.ack();
+                }
+                d = refunds.recv() => {
+                    let Ok(d) = d else { break };
+                    if i == 2 {
+                        self.log().held += 1;
+                        stalled.push(d);
+                    } else {
+                        self.log().refunds.insert(d.event.id.clone(), d.event.attempt);
+                        d.ack();
+                    }
+                }
+            }
+        }
+        // The node is gone: what it held vanishes with it, as in a crash.
+        std::mem::forget(stalled);
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, BillingLog> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn placed_done(&self) -> usize {
+        self.log().placed.len()
+    }
+
+    /// Whether every order was billed once, and how many each node billed.
+    fn placed_summary(&self) -> (bool, [usize; 3]) {
+        let log = self.log();
+        let mut split = [0; 3];
+        for nodes in log.placed.values() {
+            for &i in nodes {
+                split[i] += 1;
+            }
+        }
+        (log.placed.values().all(|n| n.len() == 1), split)
+    }
+
+    fn refunds_done(&self) -> usize {
+        self.log().refunds.len()
+    }
+
+    fn refunds_held(&self) -> usize {
+        self.log().held
+    }
+
+    fn refunds_redelivered(&self) -> usize {
+        self.log().refunds.values().filter(|a| **a >= 2).count()
+    }
 }
 
 fn step(title: &str) {

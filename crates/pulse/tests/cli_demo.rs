@@ -16,6 +16,9 @@ fn demo_runs_and_every_check_passes() {
     for expected in [
         "3000 orders written at quorum",
         "the loader ran once",
+        "every node's audit log got all 1000, in each publisher's order",
+        "billing (a consumer group) handled each order exactly once",
+        "were delivered again to the survivors (attempt 2) and handled: all 30 done",
         "acknowledged orders readable at quorum on both survivors",
         "node-3 rejoined and holds all",
         "0 of 300 sessions readable",
