@@ -6,6 +6,7 @@
 //! - [`clock`]: wall-clock sources and the node's hybrid logical clock;
 //! - [`cache`]: the distributed cache: replicated buckets placed by rendezvous hashing;
 //! - [`events`]: the event bus: publish/subscribe and consumer groups across the cluster;
+//! - [`metrics`]: one Prometheus registry per node, rendered as text;
 //! - [`cluster`]: the node, SWIM membership over sealed gossip, failure detection;
 //! - [`security`]: trust modes, certificates, TLS configurations, sealed gossip;
 //! - [`transport`]: mutual-TLS streams and UDP datagrams, and a deterministic simulated
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod events;
+pub mod metrics;
 pub mod security;
 pub mod store;
 mod sync;

@@ -198,6 +198,8 @@ pub(crate) struct Links {
     shutdown: watch::Sender<bool>,
     /// Connections being served; shutdown waits for it to reach zero.
     serving: watch::Sender<usize>,
+    /// Latency and failures of the requests this node sends.
+    requests: crate::metrics::RequestMetrics,
 }
 
 impl Links {
@@ -219,6 +221,7 @@ impl Links {
             peers: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
             serving: watch::Sender::new(0),
+            requests: crate::metrics::RequestMetrics::default(),
         })
     }
 
@@ -237,8 +240,26 @@ impl Links {
         self.shutdown.send_replace(true);
     }
 
+    /// The request metrics (registered in the node's registry).
+    pub(crate) fn request_metrics(&self) -> &crate::metrics::RequestMetrics {
+        &self.requests
+    }
+
     /// Sends a request to `peer` and waits at most `timeout` for the answer.
     pub(crate) async fn request(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        channel: Channel,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, MessagingError> {
+        let started = tokio::time::Instant::now();
+        let result = self.request_inner(peer, channel, payload, timeout).await;
+        self.requests.observe(channel, started.elapsed(), result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn request_inner(
         self: &Arc<Self>,
         peer: &NodeId,
         channel: Channel,

@@ -169,6 +169,16 @@ impl NodeBuilder {
             self.clock.clone(),
         );
         registry.set_events(crate::events::EventsDispatch(Arc::downgrade(&events)));
+        let metrics = crate::metrics::Metrics::new(
+            crate::metrics::Sources {
+                view: view_rx.clone(),
+                membership: stats.clone(),
+                links: links.clone(),
+                cache: cache.clone(),
+                events: events.clone(),
+            },
+            links.request_metrics(),
+        );
         let exchange = tokio::spawn(events.clone().run_exchange());
         let ticks = tokio::spawn(events.clone().run_ticks());
         let sync = tokio::spawn(crate::cache::run_sync(cache.clone()));
@@ -210,6 +220,7 @@ impl NodeBuilder {
                 registry,
                 cache,
                 events,
+                metrics,
             }),
         })
     }
@@ -234,6 +245,7 @@ struct Inner {
     registry: Arc<Registry>,
     cache: Arc<crate::cache::Runtime>,
     events: Arc<crate::events::Runtime>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A number no other incarnation of any node shares in practice: the start time, the node's
@@ -354,6 +366,12 @@ impl Node {
             self.inner.view.clone(),
             &self.inner.registry,
         )
+    }
+
+    /// The node's metrics (one registry per node): render them with
+    /// [`Metrics::encode`](crate::metrics::Metrics::encode), add your own to its registry.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.inner.metrics.clone()
     }
 
     /// The event bus: publish, subscribe, consumer groups.

@@ -901,7 +901,7 @@ impl Runtime {
     }
 
     /// Counters.
-    pub(super) fn stats(&self) -> EventsStats {
+    pub(crate) fn stats(&self) -> EventsStats {
         let s = &self.stats;
         let (pending, held) = self.pending_counts();
         EventsStats {
