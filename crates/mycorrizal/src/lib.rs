@@ -6,6 +6,7 @@
 //! - [`clock`]: wall-clock sources and the node's hybrid logical clock;
 //! - [`cache`]: the distributed cache: replicated buckets placed by rendezvous hashing;
 //! - [`events`]: the event bus: publish/subscribe and consumer groups across the cluster;
+//! - [`admin`]: the admin HTTP API (health, readiness, metrics, cluster, cache, events);
 //! - [`metrics`]: one Prometheus registry per node, rendered as text;
 //! - [`cluster`]: the node, SWIM membership over sealed gossip, failure detection;
 //! - [`security`]: trust modes, certificates, TLS configurations, sealed gossip;
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // one exception: the coarse clock read in `clock`
 
+pub mod admin;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
