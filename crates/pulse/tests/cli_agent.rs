@@ -1,0 +1,168 @@
+//! `pulse agent` as an operator runs it: three agent processes on 127.0.0.x from flags and
+//! environment variables, a bucket declared through one node's admin API, a value written
+//! through a second and read through a third, metrics scraped, and SIGTERM making one agent
+//! leave cleanly (exit 0, seen as left, not failed).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const ADMIN: &str = "ops-admin-token-0123456789";
+const READ: &str = "prometheus-read-token-0123";
+
+fn cluster_addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 80 + i], 7946))
+}
+
+fn admin_addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 80 + i], 7947))
+}
+
+/// One blocking HTTP/1.1 request; (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Agents {
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(dir: &std::path::Path, i: u8) -> Child {
+    let seeds =
+        (1..=3).filter(|&j| j != i).map(|j| cluster_addr(j).to_string()).collect::<Vec<_>>();
+    Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["agent", "--node-id", &format!("agent-{i}"), "--bind", &cluster_addr(i).to_string()])
+        .args(["--admin", &admin_addr(i).to_string(), "--seeds", &seeds.join(",")])
+        .env("MYCORRIZAL_SECRET_FILE", dir.join("secret"))
+        .env("MYCORRIZAL_TOKEN_FILE", dir.join("tokens"))
+        .env("MYCORRIZAL_CLUSTER", "clitest")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pulse agent")
+}
+
+#[test]
+fn three_agents_serve_operate_and_leave_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("pulse-agent-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("secret"),
+        "3f8a9c1d2e7b4a6f8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokens"),
+        format!("# role name token\nadmin ops {ADMIN}\nread prometheus {READ}\n"),
+    )
+    .unwrap();
+    let mut agents = Agents { dir: dir.clone(), children: Vec::new() };
+    for i in 1..=3 {
+        agents.children.push(Some(start(&dir, i)));
+    }
+    until(Duration::from_secs(30), "every agent ready", || {
+        (1..=3).all(|i| http(admin_addr(i), "GET", "/ready", "", b"").0 == 200)
+    });
+    let (status, body) = http(admin_addr(1), "GET", "/v1/cluster", READ, b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""alive":3"#), "{body}");
+
+    let bucket = br#"{"name":"products","replicas":3,"max_entries":10000}"#;
+    let (status, body) = http(admin_addr(1), "POST", "/v1/buckets", ADMIN, bucket);
+    assert_eq!(status, 200, "{body}");
+    until(Duration::from_secs(10), "bucket known everywhere", || {
+        (1..=3).all(|i| http(admin_addr(i), "GET", "/v1/buckets", READ, b"").1.contains("products"))
+    });
+    let (status, body) =
+        http(admin_addr(2), "PUT", "/v1/cache/products/sku-1?consistency=all", ADMIN, b"widget");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(admin_addr(3), "GET", "/v1/cache/products/sku-1", READ, b"");
+    assert_eq!((status, body.as_str()), (200, "widget"));
+    assert_eq!(http(admin_addr(3), "GET", "/v1/cache/products/sku-2", READ, b"").0, 404);
+    assert_eq!(http(admin_addr(3), "PUT", "/v1/cache/products/sku-2", READ, b"x").0, 403);
+    assert_eq!(http(admin_addr(3), "GET", "/metrics", "not-a-token-at-all", b"").0, 401);
+    let (status, metrics) = http(admin_addr(1), "GET", "/metrics", READ, b"");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mycorrizal_members{state=\"alive\"} 3"), "{metrics}");
+    assert!(metrics.contains("mycorrizal_bucket_entries{bucket=\"products\"} 1"), "{metrics}");
+
+    // SIGTERM: agent 3 hands over, leaves, exits 0; the others see it left, not failed.
+    let mut third = agents.children[2].take().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &third.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = third.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "agent 3 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    third.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "exit {status:?}: {out}");
+    assert!(out.contains("pulse agent: stopped"), "{out}");
+    until(Duration::from_secs(10), "agent 3 seen as left", || {
+        let (_, members) = http(admin_addr(1), "GET", "/v1/members", READ, b"");
+        members_left(&members)
+    });
+    let (status, body) = http(admin_addr(1), "GET", "/v1/cache/products/sku-1", READ, b"");
+    assert_eq!((status, body.as_str()), (200, "widget"));
+}
+
+/// Whether the members JSON lists agent-3 as left, whatever the field order.
+fn members_left(members: &str) -> bool {
+    members.split('}').any(|m| m.contains(r#""id":"agent-3""#) && m.contains(r#""state":"left""#))
+}
+
+#[test]
+fn a_missing_secret_file_is_a_usage_error_with_an_actionable_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["agent", "--node-id", "lonely", "--bind", "127.0.0.89:7946"])
+        .args(["--secret-file", "/nonexistent/secret"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read the secret file /nonexistent/secret"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(["agent"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
