@@ -6,7 +6,12 @@
 //! Exit codes: 0 success; 1 not found; 2 usage, configuration or connection errors.
 
 mod agent;
+mod client;
 mod demo;
+
+use std::time::Duration;
+
+use client::Target;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +30,75 @@ enum Command {
     /// Start a local three-node cluster, run a mixed workload, kill a node and show that no
     /// acknowledged write was lost, then bring it back and show it caught up.
     Demo(demo::DemoArgs),
+    /// The cluster as a node sees it: members by state, readiness.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every member: id, address, state, generation.
+    Members {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Declared buckets, with this node's entries and bytes.
+    Buckets {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Declare buckets.
+    Bucket {
+        #[command(subcommand)]
+        command: BucketCommand,
+    },
+    /// Store VALUE under KEY in BUCKET.
+    Set {
+        bucket: String,
+        key: String,
+        value: String,
+        /// Time to live (`10s`, `5m`); default: the bucket's.
+        #[arg(long, value_parser = client::duration)]
+        ttl: Option<Duration>,
+        /// Replicas to wait for; default: the bucket's.
+        #[arg(long, value_parser = ["one", "quorum", "all"])]
+        consistency: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the value of KEY in BUCKET; exit 1 when absent.
+    Get {
+        bucket: String,
+        key: String,
+        /// Replicas to ask; default: the bucket's.
+        #[arg(long, value_parser = ["one", "quorum", "all"])]
+        consistency: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY from BUCKET.
+    Del {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Publish PAYLOAD on TOPIC.
+    Publish {
+        topic: String,
+        payload: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BucketCommand {
+    /// Declare a bucket cluster-wide (idempotent; a different configuration is refused).
+    Create {
+        #[command(flatten)]
+        bucket: client::CreateBucket,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +116,16 @@ fn main() -> std::process::ExitCode {
             (runtime.block_on(agent::run(*args)), 2)
         }
         Command::Demo(args) => (runtime.block_on(demo::run(args)), 1),
+        client => {
+            drop(runtime);
+            return match run_client(client) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("pulse: {}", f.message);
+                    std::process::ExitCode::from(f.code)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -49,6 +133,26 @@ fn main() -> std::process::ExitCode {
             eprintln!("pulse: {e:#}");
             std::process::ExitCode::from(failure)
         }
+    }
+}
+
+fn run_client(command: Command) -> Result<(), client::Failure> {
+    match command {
+        Command::Status { target } => client::status(&target),
+        Command::Members { target } => client::members(&target),
+        Command::Buckets { target } => client::buckets(&target),
+        Command::Bucket { command: BucketCommand::Create { bucket, target } } => {
+            client::create_bucket(&target, &bucket)
+        }
+        Command::Set { bucket, key, value, ttl, consistency, target } => {
+            client::set(&target, &bucket, &key, &value, ttl, consistency.as_deref())
+        }
+        Command::Get { bucket, key, consistency, target } => {
+            client::get(&target, &bucket, &key, consistency.as_deref())
+        }
+        Command::Del { bucket, key, target } => client::del(&target, &bucket, &key),
+        Command::Publish { topic, payload, target } => client::publish(&target, &topic, &payload),
+        Command::Agent(_) | Command::Demo(_) => unreachable!("handled by main"),
     }
 }
 

@@ -1,7 +1,9 @@
 //! `pulse agent` as an operator runs it: three agent processes on 127.0.0.x from flags and
 //! environment variables, a bucket declared through one node's admin API, a value written
 //! through a second and read through a third, metrics scraped, and SIGTERM making one agent
-//! leave cleanly (exit 0, seen as left, not failed).
+//! leave cleanly (exit 0, seen as left, not failed). The client commands (`status`, `bucket
+//! create`, `set`, `get`, `del`, `publish`, `members`, `buckets`) run against different nodes
+//! and their exit codes and `--json` output are checked.
 
 use std::{
     io::{Read, Write},
@@ -123,6 +125,64 @@ fn three_agents_serve_operate_and_leave_on_sigterm() {
     assert_eq!(status, 200);
     assert!(metrics.contains("mycorrizal_members{state=\"alive\"} 3"), "{metrics}");
     assert!(metrics.contains("mycorrizal_bucket_entries{bucket=\"products\"} 1"), "{metrics}");
+
+    // The client commands, against different nodes.
+    let pulse = |node: u8, token: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(args)
+            .args(["--admin", &format!("http://{}", admin_addr(node))])
+            .env("MYCORRIZAL_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = pulse(1, READ, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["members"]["alive"], 3);
+    assert!(text(&pulse(1, READ, &["status"])).contains("3 alive"));
+    let create = ["bucket", "create", "carts", "--ttl", "60s", "--max-entries", "1000"];
+    let out =
+        pulse(1, ADMIN, &[&create[..], &["--max-bytes", "64MiB", "--replicas", "2"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    until(Duration::from_secs(10), "carts known on node 3", || {
+        text(&pulse(3, READ, &["buckets"])).contains("carts")
+    });
+    let out = pulse(
+        2,
+        ADMIN,
+        &["set", "carts", "cart 1", "apple", "--ttl", "30s", "--consistency", "all"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = pulse(3, READ, &["get", "carts", "cart 1"]);
+    assert_eq!((out.status.code(), text(&out).as_str()), (Some(0), "apple\n"));
+    let out = pulse(3, READ, &["get", "carts", "cart 1", "--json", "--consistency", "quorum"]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["value"], "apple");
+    assert_eq!(pulse(3, READ, &["get", "carts", "absent"]).status.code(), Some(1));
+    assert_eq!(pulse(3, READ, &["get", "nope", "absent"]).status.code(), Some(1));
+    assert!(pulse(1, ADMIN, &["del", "carts", "cart 1"]).status.success());
+    assert_eq!(
+        pulse(2, READ, &["get", "carts", "cart 1", "--consistency", "all"]).status.code(),
+        Some(1)
+    );
+    let out = pulse(2, ADMIN, &["publish", "orders", "placed"]);
+    assert!(out.status.success() && text(&out).contains("published agent-2/"), "{out:?}");
+    let out = pulse(1, READ, &["members", "--json"]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 3);
+    let out = pulse(1, READ, &["set", "carts", "k", "v"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not allowed"), "{out:?}");
+    let out = pulse(1, "wrong-token-0123456789", &["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated"), "{out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["status", "--admin", "http://127.0.0.89:7947"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"), "{out:?}");
 
     // SIGTERM: agent 3 hands over, leaves, exits 0; the others see it left, not failed.
     let mut third = agents.children[2].take().unwrap();
