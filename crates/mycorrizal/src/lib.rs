@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod security;
 pub mod store;
 mod sync;
+mod trace;
 pub mod transport;
 
 pub use mycorrizal_core as core;

@@ -513,6 +513,23 @@ impl CacheBucket {
         record: Record,
         options: WriteOptions,
     ) -> Result<(), CacheError> {
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!(
+            "cache.write",
+            node = %self.rt.me,
+            bucket = %s.name,
+            request_id = crate::trace::request_id()
+        );
+        self.replicate_traced(s, key, record, options).instrument(span).await
+    }
+
+    async fn replicate_traced(
+        &self,
+        s: &Arc<BucketState>,
+        key: Bytes,
+        record: Record,
+        options: WriteOptions,
+    ) -> Result<(), CacheError> {
         use std::sync::atomic::Ordering::Relaxed;
         let rt = &self.rt;
         rt.counters.writes.fetch_add(1, Relaxed);

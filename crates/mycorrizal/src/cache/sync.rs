@@ -58,7 +58,13 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
             due = false;
             rt.refresh_ring();
             let ring = rt.ring();
-            let result = round(&rt, &ring).await;
+            let span = tracing::info_span!(
+                "cache.sync",
+                node = %rt.me,
+                generation = ring.generation,
+                request_id = crate::trace::request_id()
+            );
+            let result = tracing::Instrument::instrument(round(&rt, &ring), span).await;
             rt.counters.sync_rounds.fetch_add(1, Relaxed);
             rt.refresh_ring();
             if rt.ring().generation == ring.generation {

@@ -253,8 +253,16 @@ impl Links {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, MessagingError> {
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!(
+            "request",
+            node = %self.me,
+            peer = %peer,
+            channel = ?channel,
+            request_id = crate::trace::request_id()
+        );
         let started = tokio::time::Instant::now();
-        let result = self.request_inner(peer, channel, payload, timeout).await;
+        let result = self.request_inner(peer, channel, payload, timeout).instrument(span).await;
         self.requests.observe(channel, started.elapsed(), result.as_ref().map(|_| ()));
         result
     }

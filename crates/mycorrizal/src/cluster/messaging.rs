@@ -97,6 +97,13 @@ impl Registry {
 
 impl Dispatch for Registry {
     fn dispatch(&self, from: &NodeId, channel: Channel, payload: Bytes, reply: Responder) {
+        let span = tracing::debug_span!(
+            "serve",
+            from = %from,
+            channel = ?channel,
+            request_id = crate::trace::request_id()
+        );
+        let _in_span = span.enter();
         if channel == Channel::Cache
             && let Some(cache) = self.cache.get()
         {

@@ -230,7 +230,14 @@ impl Events {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<EventId, PublishError> {
-        self.rt.publish(topic, payload.into()).await
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!(
+            "events.publish",
+            node = %self.rt.me,
+            topic = %topic,
+            request_id = crate::trace::request_id()
+        );
+        self.rt.publish(topic, payload.into()).instrument(span).await
     }
 
     /// Publishes `value` encoded as JSON (read it with [`Event::json`]).
