@@ -14,6 +14,7 @@
 //! | `PUT /v1/cache/{bucket}/{key}` | write | store the body; `?ttl_ms=N&consistency=..` |
 //! | `DELETE /v1/cache/{bucket}/{key}` | write | delete |
 //! | `POST /v1/events/{topic}` | write | publish the body |
+//! | `GET /v1/events/{topic}/stream` | read | subscribe: one JSON line per event, streamed; `?group=G` joins a consumer group (each line's event is acknowledged once written to the connection) |
 //!
 //! Tokens are stored as SHA-256 digests and compared in constant time. Errors are JSON
 //! `{"error": .., "code": ..}` with a status code: 400 bad input (malformed JSON included),
@@ -243,6 +244,7 @@ fn router(state: Arc<Shared>, max_body: usize) -> Router {
         .route("/v1/buckets", get(buckets).post(create_bucket))
         .route("/v1/cache/{bucket}/{key}", put(cache_set).get(cache_get).delete(cache_delete))
         .route("/v1/events/{topic}", post(publish))
+        .route("/v1/events/{topic}/stream", get(stream))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), traced))
@@ -569,4 +571,95 @@ async fn publish(
             Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unconfirmed", e.to_string()))
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamParams {
+    group: Option<String>,
+}
+
+/// One event as a JSON line.
+fn line(e: &crate::events::Event) -> Bytes {
+    let mut v = serde_json::to_vec(&serde_json::json!({
+        "id": e.id.to_string(),
+        "publisher": e.id.publisher.as_str(),
+        "seq": e.id.seq,
+        "topic": &*e.topic,
+        "attempt": e.attempt,
+        "published_at_ms": e.published_at_ms,
+        "payload": String::from_utf8_lossy(&e.payload),
+    }))
+    .unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// A response body fed by a task through a bounded channel (a slow reader slows the
+/// subscription down: back-pressure, or `Lagged` for a lagging one, as for any subscriber).
+struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|line| line.map(|l| Ok(http_body::Frame::data(l))))
+    }
+}
+
+async fn stream(
+    State(s): St,
+    headers: HeaderMap,
+    Path(topic): Path<String>,
+    q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Role::Read)?;
+    let p = q
+        .map(|Query(p)| p)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let refused = |e: crate::events::EventsError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "refused", e.to_string())
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    match p.group {
+        None => {
+            let mut sub = s.node.events().subscribe(&topic).await.map_err(refused)?;
+            tokio::spawn(async move {
+                loop {
+                    let next = match sub.recv().await {
+                        Ok(e) => line(&e),
+                        Err(crate::events::RecvError::Closed) => return,
+                        Err(e) => {
+                            let mut v =
+                                serde_json::to_vec(&serde_json::json!({ "notice": e.to_string() }))
+                                    .unwrap_or_default();
+                            v.push(b'\n');
+                            Bytes::from(v)
+                        }
+                    };
+                    if tx.send(next).await.is_err() {
+                        return; // the client went away: unsubscribe
+                    }
+                }
+            });
+        }
+        Some(group) => {
+            let mut member =
+                s.node.events().subscribe_group(&topic, &group).await.map_err(refused)?;
+            tokio::spawn(async move {
+                while let Ok(d) = member.recv().await {
+                    if tx.send(line(&d.event)).await.is_err() {
+                        return; // not written: dropping `d` gives it back for redelivery
+                    }
+                    d.ack();
+                }
+            });
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(Lines(rx)))
+        .into_response())
 }

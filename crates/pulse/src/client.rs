@@ -89,34 +89,12 @@ impl Target {
 
     /// Sends one request; connection problems and 401/403 are usage errors with advice.
     fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer, Failure> {
-        if self.admin.starts_with("https://") {
-            return Err(Failure::usage(
-                "the admin API speaks plain HTTP on its admin address; use http://",
-            ));
-        }
-        let host = self.host_port();
-        let addr = host.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-            Failure::usage(format!("--admin {:?}: expected http://host:port", self.admin))
-        })?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-            Failure::usage(format!(
-                "cannot reach the admin API at {addr}: {e} (is `pulse agent` running there? see --admin)"
-            ))
-        })?;
+        let (mut s, addr) = self.send(method, path, body)?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let auth = match self.token()? {
-            Some(t) => format!("Authorization: Bearer {t}\r\n"),
-            None => String::new(),
-        };
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let sent = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body));
         let mut raw = Vec::new();
         let read = s.read_to_end(&mut raw);
         if raw.is_empty() {
-            let e = sent.err().or(read.err()).map(|e| e.to_string()).unwrap_or_default();
+            let e = read.err().map(|e| e.to_string()).unwrap_or_default();
             return Err(Failure::usage(format!(
                 "the admin API at {addr} closed the connection {e}"
             )));
@@ -132,6 +110,40 @@ impl Target {
             403 => Err(Failure::usage(format!("not allowed: {}", answer.error()))),
             _ => Ok(answer),
         }
+    }
+
+    /// Connects and writes one request.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(TcpStream, std::net::SocketAddr), Failure> {
+        if self.admin.starts_with("https://") {
+            return Err(Failure::usage(
+                "the admin API speaks plain HTTP on its admin address; use http://",
+            ));
+        }
+        let host = self.host_port();
+        let addr = host.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
+            Failure::usage(format!("--admin {:?}: expected http://host:port", self.admin))
+        })?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+            Failure::usage(format!(
+                "cannot reach the admin API at {addr}: {e} (is `pulse agent` running there? see --admin)"
+            ))
+        })?;
+        let auth = match self.token()? {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // A server may answer (413) before reading a large body: the answer tells.
+        let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body));
+        Ok((s, addr))
     }
 }
 
@@ -401,6 +413,80 @@ pub fn publish(t: &Target, topic: &str, payload: &str) -> Outcome {
         println!("published {}", v["id"].as_str().unwrap_or("?"));
     }
     Ok(())
+}
+
+/// Streams the events of `topic` (as a member of `group`, if given) until the node closes the
+/// stream or the process is interrupted. One line per event.
+pub fn subscribe(t: &Target, topic: &str, group: Option<&str>) -> Outcome {
+    use std::io::BufRead;
+    let query = group.map(|g| format!("?group={}", segment(g))).unwrap_or_default();
+    let (s, addr) = t.send("GET", &format!("/v1/events/{}/stream{query}", segment(topic)), b"")?;
+    let mut r = std::io::BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                return Err(Failure::usage(format!(
+                    "the admin API at {addr} closed the connection"
+                )));
+            }
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => head.push_str(&line),
+        }
+    }
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if status != 200 {
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(b"\r\n");
+        let _ = r.read_to_end(&mut raw);
+        let answer = parse(&raw).unwrap_or(Answer { status, body: Vec::new() });
+        return Err(match status {
+            401 => Failure::usage(format!("not authenticated: {}", answer.error())),
+            403 => Failure::usage(format!("not allowed: {}", answer.error())),
+            _ => refused(&answer),
+        });
+    }
+    let mut pending = Vec::new();
+    let mut out = std::io::stdout();
+    loop {
+        // Chunked transfer: a hex size line, the bytes, CRLF; size 0 ends the stream.
+        let mut size = String::new();
+        if r.read_line(&mut size).unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return Err(Failure::usage(format!("the admin API at {addr} sent a malformed stream")));
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let mut chunk = vec![0; n + 2];
+        if r.read_exact(&mut chunk).is_err() {
+            return Ok(());
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = &line[..line.len() - 1];
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            if let Some(notice) = v["notice"].as_str() {
+                eprintln!("pulse: {notice}");
+            } else if t.json {
+                let _ = out.write_all(line);
+                let _ = out.write_all(b"\n");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{} (attempt {}): {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["attempt"],
+                    v["payload"].as_str().unwrap_or("")
+                );
+            }
+            let _ = out.flush();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,16 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print every event on TOPIC as it arrives (with --group: each event of the group once,
+    /// acknowledged when printed) until interrupted.
+    Subscribe {
+        topic: String,
+        /// Join this consumer group instead of receiving every event.
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Publish PAYLOAD on TOPIC.
     Publish {
         topic: String,
@@ -152,6 +162,9 @@ fn run_client(command: Command) -> Result<(), client::Failure> {
         }
         Command::Del { bucket, key, target } => client::del(&target, &bucket, &key),
         Command::Publish { topic, payload, target } => client::publish(&target, &topic, &payload),
+        Command::Subscribe { topic, group, target } => {
+            client::subscribe(&target, &topic, group.as_deref())
+        }
         Command::Agent(_) | Command::Demo(_) => unreachable!("handled by main"),
     }
 }

@@ -2,8 +2,8 @@
 //! environment variables, a bucket declared through one node's admin API, a value written
 //! through a second and read through a third, metrics scraped, and SIGTERM making one agent
 //! leave cleanly (exit 0, seen as left, not failed). The client commands (`status`, `bucket
-//! create`, `set`, `get`, `del`, `publish`, `members`, `buckets`) run against different nodes
-//! and their exit codes and `--json` output are checked.
+//! create`, `set`, `get`, `del`, `publish`, `members`, `buckets`, `subscribe` with and without
+//! `--group`) run against different nodes and their exit codes and `--json` output are checked.
 
 use std::{
     io::{Read, Write},
@@ -183,6 +183,56 @@ fn three_agents_serve_operate_and_leave_on_sigterm() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"), "{out:?}");
+
+    // Streaming subscriptions: every event on node 1, a group member on node 3.
+    let spawn_sub = |node: u8, extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(["subscribe", "audit", "--json"])
+            .args(extra)
+            .args(["--admin", &format!("http://{}", admin_addr(node))])
+            .env("MYCORRIZAL_TOKEN", READ)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut all, all_lines) = spawn_sub(1, &[]);
+    let (mut member, member_lines) = spawn_sub(3, &["--group", "billing"]);
+    // Publish until both streams carry events (a subscription is live once its first arrives).
+    let mut n = 0;
+    let mut seen = (false, false);
+    while !(seen.0 && seen.1) {
+        assert!(n < 100, "no event reached the subscribers");
+        assert!(pulse(2, ADMIN, &["publish", "audit", &format!("ping-{n}")]).status.success());
+        n += 1;
+        seen.0 |= all_lines.recv_timeout(Duration::from_millis(200)).is_ok();
+        seen.1 |= member_lines.recv_timeout(Duration::from_millis(200)).is_ok();
+    }
+    assert!(pulse(2, ADMIN, &["publish", "audit", "final"]).status.success());
+    let wait_for_final = |lines: &std::sync::mpsc::Receiver<String>| loop {
+        let line = lines.recv_timeout(Duration::from_secs(10)).expect("the final event");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["payload"] == "final" {
+            assert!(v["id"].as_str().unwrap().starts_with("agent-2/"), "{line}");
+            return;
+        }
+    };
+    wait_for_final(&all_lines);
+    wait_for_final(&member_lines);
+    for c in [&mut all, &mut member] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
 
     // SIGTERM: agent 3 hands over, leaves, exits 0; the others see it left, not failed.
     let mut third = agents.children[2].take().unwrap();
