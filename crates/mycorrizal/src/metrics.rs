@@ -59,6 +59,10 @@ type ChannelLabel = [(&'static str, &'static str); 1];
 /// Labels of request failures: channel and kind.
 type FailureLabels = [(&'static str, &'static str); 2];
 
+/// The `kind` label of request failures, one per `MessagingError` variant.
+const FAILURE_KINDS: [&str; 6] =
+    ["timeout", "overloaded", "connection", "remote", "unknown_peer", "shutting_down"];
+
 /// Request metrics observed by the links (shared with the registry).
 #[derive(Clone)]
 pub(crate) struct RequestMetrics {
@@ -72,10 +76,15 @@ impl Default for RequestMetrics {
             // 25 µs to ~3.3 s, doubling.
             Histogram::new(exponential_buckets(25e-6, 2.0, 18))
         }
-        RequestMetrics {
-            duration: Family::new_with_constructor(histogram),
-            failures: Family::default(),
+        let failures: Family<FailureLabels, Counter> = Family::default();
+        // Every failure series exists from the start at 0, so rates and alerts work before
+        // the first failure (Prometheus cannot rate a series it has never seen).
+        for channel in ["cache", "events", "app"] {
+            for kind in FAILURE_KINDS {
+                failures.get_or_create(&[("channel", channel), ("kind", kind)]).inc_by(0);
+            }
         }
+        RequestMetrics { duration: Family::new_with_constructor(histogram), failures }
     }
 }
 
@@ -90,14 +99,14 @@ impl RequestMetrics {
         let channel = channel_name(channel);
         self.duration.get_or_create(&[("channel", channel)]).observe(took.as_secs_f64());
         if let Err(e) = outcome {
-            let kind = match e {
-                MessagingError::Timeout(_) => "timeout",
-                MessagingError::Overloaded(_) => "overloaded",
-                MessagingError::ConnectionLost { .. } => "connection",
-                MessagingError::Remote { .. } => "remote",
-                MessagingError::UnknownPeer(_) => "unknown_peer",
-                MessagingError::ShuttingDown => "shutting_down",
-            };
+            let kind = FAILURE_KINDS[match e {
+                MessagingError::Timeout(_) => 0,
+                MessagingError::Overloaded(_) => 1,
+                MessagingError::ConnectionLost { .. } => 2,
+                MessagingError::Remote { .. } => 3,
+                MessagingError::UnknownPeer(_) => 4,
+                MessagingError::ShuttingDown => 5,
+            }];
             self.failures.get_or_create(&[("channel", channel), ("kind", kind)]).inc();
         }
     }

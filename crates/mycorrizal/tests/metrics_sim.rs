@@ -128,6 +128,22 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_done() {
         get(r#"mycorrizal_request_duration_seconds_bucket{le="+Inf",channel="cache"}"#) >= 10.0
     );
     assert!(text.contains("# TYPE mycorrizal_request_duration_seconds histogram"));
+    // Every metric the Grafana dashboard queries exists.
+    let dashboard = include_str!("../../../deploy/grafana/mycorrizal.json");
+    for name in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if name.starts_with("mycorrizal_") && name != "mycorrizal" {
+            // A family with no samples yet (no failure so far) is still declared.
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                m.keys().any(|series| series.starts_with(name))
+                    || text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which the node does not export"
+            );
+        }
+    }
     // The application can add its own metrics to the node's registry.
     let mine = prometheus_client::metrics::counter::Counter::<u64>::default();
     nodes[0].metrics().registry().register("app_orders", "Orders placed", mine.clone());

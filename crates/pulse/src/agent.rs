@@ -8,7 +8,7 @@ use mycorrizal::{
     NodeId,
     admin::{AdminConfig, AdminServer, AdminToken, Role},
     cluster::{ClusterConfig, DnsSeeds, Node},
-    security::Trust,
+    security::{ClusterSecret, Trust},
 };
 
 /// Options of `pulse agent`. Every flag can also come from the environment variable named
@@ -47,6 +47,11 @@ pub struct AgentArgs {
     /// output of `openssl rand -hex 32`).
     #[arg(long, env = "MYCORRIZAL_SECRET_FILE")]
     secret_file: PathBuf,
+    /// Files holding previous cluster secrets, still trusted during a rotation (comma
+    /// separated): roll out the new secret here first, then as `--secret-file` with the old one
+    /// here (docs/OPERATIONS.md).
+    #[arg(long, env = "MYCORRIZAL_PREVIOUS_SECRET_FILES", value_delimiter = ',')]
+    previous_secret_file: Vec<PathBuf>,
     /// A file of admin API tokens, one per line: `ROLE NAME TOKEN` or
     /// `ROLE NAME sha256:HEX` (ROLE is read, write or admin; `#` starts a comment). Without it
     /// the admin API answers only /health and /ready.
@@ -105,10 +110,10 @@ fn config(args: &AgentArgs) -> anyhow::Result<ClusterConfig> {
 /// connection errors (the caller exits 2).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
-    let secret = std::fs::read_to_string(&args.secret_file)
-        .with_context(|| format!("cannot read the secret file {}", args.secret_file.display()))?;
-    let trust = Trust::cluster_secret(secret.trim())
-        .with_context(|| format!("the secret in {} is refused", args.secret_file.display()))?;
+    let trust = Trust::ClusterSecret {
+        primary: read_secret(&args.secret_file)?,
+        previous: args.previous_secret_file.iter().map(read_secret).collect::<Result<_, _>>()?,
+    };
     let tokens = match &args.token_file {
         Some(path) => read_tokens(path)?,
         None => Vec::new(),
@@ -140,6 +145,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     node.shutdown(Duration::from_secs(10)).await;
     println!("pulse agent: stopped");
     Ok(())
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<ClusterSecret> {
+    let secret = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    ClusterSecret::new(secret.trim())
+        .with_context(|| format!("the secret in {} is refused", path.display()))
 }
 
 async fn wait_for_signal() {

@@ -67,11 +67,18 @@ impl Drop for Agents {
 }
 
 fn start(dir: &std::path::Path, i: u8) -> Child {
+    // Agent 3 is mid-rotation: it already trusts the next secret too.
+    let previous = if i == 3 {
+        vec!["--previous-secret-file".to_owned(), dir.join("next").display().to_string()]
+    } else {
+        vec![]
+    };
     let seeds =
         (1..=3).filter(|&j| j != i).map(|j| cluster_addr(j).to_string()).collect::<Vec<_>>();
     Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(["agent", "--node-id", &format!("agent-{i}"), "--bind", &cluster_addr(i).to_string()])
         .args(["--admin", &admin_addr(i).to_string(), "--seeds", &seeds.join(",")])
+        .args(previous)
         .env("MYCORRIZAL_SECRET_FILE", dir.join("secret"))
         .env("MYCORRIZAL_TOKEN_FILE", dir.join("tokens"))
         .env("MYCORRIZAL_CLUSTER", "clitest")
@@ -89,6 +96,11 @@ fn three_agents_serve_operate_and_leave_on_sigterm() {
     std::fs::write(
         dir.join("secret"),
         "3f8a9c1d2e7b4a6f8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("next"),
+        "9c2e4b6a8d0f1e3c5a7b9d1f3e5c7a9b0d2f4e6c8a0b2d4f6e8c0a2b4d6f8e0a\n",
     )
     .unwrap();
     std::fs::write(
