@@ -112,6 +112,12 @@ impl Target {
         }
     }
 
+    /// [`Target::call`], with any answer but 200 as a failure (404 exits 1).
+    fn ok(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer, Failure> {
+        let a = self.call(method, path, body)?;
+        if a.status == 200 { Ok(a) } else { Err(refused(&a)) }
+    }
+
     /// Connects and writes one request.
     fn send(
         &self,
@@ -226,10 +232,7 @@ fn print_json(v: &serde_json::Value) {
 }
 
 pub fn status(t: &Target) -> Outcome {
-    let a = t.call("GET", "/v1/cluster", b"")?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("GET", "/v1/cluster", b"")?;
     let v = a.json()?;
     if t.json {
         print_json(&v);
@@ -251,10 +254,7 @@ pub fn status(t: &Target) -> Outcome {
 }
 
 pub fn members(t: &Target) -> Outcome {
-    let a = t.call("GET", "/v1/members", b"")?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("GET", "/v1/members", b"")?;
     let v = a.json()?;
     if t.json {
         print_json(&v);
@@ -274,10 +274,7 @@ pub fn members(t: &Target) -> Outcome {
 }
 
 pub fn buckets(t: &Target) -> Outcome {
-    let a = t.call("GET", "/v1/buckets", b"")?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("GET", "/v1/buckets", b"")?;
     let v = a.json()?;
     if t.json {
         print_json(&v);
@@ -330,10 +327,7 @@ pub fn create_bucket(t: &Target, c: &CreateBucket) -> Outcome {
         "max_bytes": c.max_bytes,
         "default_ttl_ms": c.ttl.map(|d| d.as_millis() as u64),
     });
-    let a = t.call("POST", "/v1/buckets", body.to_string().as_bytes())?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("POST", "/v1/buckets", body.to_string().as_bytes())?;
     if t.json {
         print_json(&a.json()?);
     } else {
@@ -362,10 +356,7 @@ pub fn set(
     consistency: Option<&str>,
 ) -> Outcome {
     let path = format!("/v1/cache/{}/{}{}", segment(bucket), segment(key), query(consistency, ttl));
-    let a = t.call("PUT", &path, value.as_bytes())?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("PUT", &path, value.as_bytes())?;
     if t.json {
         print_json(&a.json()?);
     }
@@ -375,10 +366,7 @@ pub fn set(
 pub fn get(t: &Target, bucket: &str, key: &str, consistency: Option<&str>) -> Outcome {
     let path =
         format!("/v1/cache/{}/{}{}", segment(bucket), segment(key), query(consistency, None));
-    let a = t.call("GET", &path, b"")?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("GET", &path, b"")?;
     if t.json {
         let value = String::from_utf8_lossy(&a.body);
         print_json(&serde_json::json!({ "bucket": bucket, "key": key, "value": value }));
@@ -391,10 +379,7 @@ pub fn get(t: &Target, bucket: &str, key: &str, consistency: Option<&str>) -> Ou
 }
 
 pub fn del(t: &Target, bucket: &str, key: &str) -> Outcome {
-    let a = t.call("DELETE", &format!("/v1/cache/{}/{}", segment(bucket), segment(key)), b"")?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("DELETE", &format!("/v1/cache/{}/{}", segment(bucket), segment(key)), b"")?;
     if t.json {
         print_json(&a.json()?);
     }
@@ -402,10 +387,7 @@ pub fn del(t: &Target, bucket: &str, key: &str) -> Outcome {
 }
 
 pub fn publish(t: &Target, topic: &str, payload: &str) -> Outcome {
-    let a = t.call("POST", &format!("/v1/events/{}", segment(topic)), payload.as_bytes())?;
-    if a.status != 200 {
-        return Err(refused(&a));
-    }
+    let a = t.ok("POST", &format!("/v1/events/{}", segment(topic)), payload.as_bytes())?;
     let v = a.json()?;
     if t.json {
         print_json(&v);

@@ -60,6 +60,22 @@ struct Pending {
     sent_at: Instant,
 }
 
+impl Pending {
+    /// The stream item that delivers it (to its group only) as `attempt`.
+    fn item(&self, key: &PendingKey, attempt: u32) -> Item {
+        Item {
+            kind: Some(ItemKind::Event(WireEvent {
+                topic: key.0.clone(),
+                seq: key.1,
+                payload: self.payload.clone(),
+                broadcast: false,
+                groups: vec![GroupPart { group: key.2.clone(), attempt }],
+                published_at_ms: self.published_at_ms,
+            })),
+        }
+    }
+}
+
 impl Publishing {
     /// Holds a group delivery for a retry on the next tick.
     fn park(&mut self, key: &PendingKey) {
@@ -639,16 +655,22 @@ impl Runtime {
                 self.requeue_locally(event, &group);
             }
         }
+        self.reroute_where(p, |e| e.at.as_ref() == Some(node), Some(node));
+    }
+
+    /// Reroutes, in key order, every pending group delivery `which` selects.
+    fn reroute_where(
+        self: &Arc<Self>,
+        p: &mut Publishing,
+        which: impl Fn(&Pending) -> bool,
+        avoid: Option<&NodeId>,
+    ) {
         let routes = self.routes();
-        let mut keys: Vec<PendingKey> = p
-            .pending
-            .iter()
-            .filter(|(_, e)| e.at.as_ref() == Some(node))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut keys: Vec<PendingKey> =
+            p.pending.iter().filter(|(_, e)| which(e)).map(|(k, _)| k.clone()).collect();
         keys.sort();
         for key in keys {
-            self.reroute(p, &routes, &key, Some(node));
+            self.reroute(p, &routes, &key, avoid);
         }
     }
 
@@ -658,17 +680,7 @@ impl Runtime {
         if p.load.get(node).copied().unwrap_or(0) == 0 {
             return;
         }
-        let routes = self.routes();
-        let mut keys: Vec<PendingKey> = p
-            .pending
-            .iter()
-            .filter(|(_, e)| e.at.as_ref() == Some(node))
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.sort();
-        for key in keys {
-            self.reroute(&mut p, &routes, &key, Some(node));
-        }
+        self.reroute_where(&mut p, |e| e.at.as_ref() == Some(node), Some(node));
     }
 
     /// Sends a group delivery (again) to a member, preferring one not on `avoid`; holds it if
@@ -714,16 +726,7 @@ impl Runtime {
         };
         let entry = p.pending.get_mut(key).expect("present above");
         entry.attempt = entry.attempt.saturating_add(1);
-        let item = Item {
-            kind: Some(ItemKind::Event(WireEvent {
-                topic: key.0.clone(),
-                seq: key.1,
-                payload: entry.payload.clone(),
-                broadcast: false,
-                groups: vec![GroupPart { group: key.2.clone(), attempt: entry.attempt }],
-                published_at_ms: entry.published_at_ms,
-            })),
-        };
+        let item = entry.item(key, entry.attempt);
         let bytes = item_bytes(&item);
         let queued = Queued {
             seq: 0,
@@ -783,13 +786,7 @@ impl Runtime {
         if p.held == 0 {
             return;
         }
-        let routes = self.routes();
-        let mut keys: Vec<PendingKey> =
-            p.pending.iter().filter(|(_, e)| e.at.is_none()).map(|(k, _)| k.clone()).collect();
-        keys.sort();
-        for key in keys {
-            self.reroute(&mut p, &routes, &key, None);
-        }
+        self.reroute_where(&mut p, |e| e.at.is_none(), None);
     }
 
     /// Offers group deliveries again to the node holding them when nothing was heard of them
@@ -817,16 +814,7 @@ impl Runtime {
             }
             // Counted as a new attempt: if the holder lost it, this is a redelivery.
             let attempt = entry.attempt.saturating_add(1);
-            let item = Item {
-                kind: Some(ItemKind::Event(WireEvent {
-                    topic: key.0.clone(),
-                    seq: key.1,
-                    payload: entry.payload.clone(),
-                    broadcast: false,
-                    groups: vec![GroupPart { group: key.2.clone(), attempt }],
-                    published_at_ms: entry.published_at_ms,
-                })),
-            };
+            let item = entry.item(&key, attempt);
             let bytes = item_bytes(&item);
             let queued = Queued {
                 seq: 0,
