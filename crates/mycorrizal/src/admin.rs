@@ -347,10 +347,7 @@ async fn health(State(s): St) -> Json<serde_json::Value> {
 
 /// Joined (at least one other member alive, or no seeds) and the cache holds what it owns.
 fn is_ready(node: &Node) -> bool {
-    let alone =
-        node.config().dns.is_none() && node.config().seeds.iter().all(|a| *a == node.addr());
-    let joined = alone || node.members().live().any(|m| &m.id != node.id());
-    joined && node.cache().is_ready()
+    node.is_joined() && node.cache().is_ready()
 }
 
 async fn ready(State(s): St) -> Response {

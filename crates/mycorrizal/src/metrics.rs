@@ -10,12 +10,15 @@
 //! |---|---|---|
 //! | `mycorrizal_members` | gauge | `state` (alive, suspect, down, left) |
 //! | `mycorrizal_connections` | gauge | |
+//! | `mycorrizal_link_frames_total`, `..._bytes_total` | counter | `direction` (in, out), `channel` (system, cache, events, app) |
+//! | `mycorrizal_link_queued_requests` | gauge | |
 //! | `mycorrizal_gossip_datagrams_total` | counter | `direction` (in, out) |
 //! | `mycorrizal_gossip_refused_total` | counter | `reason` (malformed, forged, replayed, stale, invalid) |
 //! | `mycorrizal_membership_down_verdicts_total`, `..._rejoins_total` | counter | |
 //! | `mycorrizal_request_duration_seconds` | histogram | `channel` (cache, events, app) |
 //! | `mycorrizal_request_failures_total` | counter | `channel`, `kind` (timeout, overloaded, connection, remote, unknown_peer, shutting_down) |
 //! | `mycorrizal_cache_ready` | gauge (0/1) | |
+//! | `mycorrizal_cache_replication_seconds` | histogram | |
 //! | `mycorrizal_cache_writes_total`, `..._writes_indeterminate_total`, `..._writes_failed_total` | counter | |
 //! | `mycorrizal_cache_reads_total` | counter | `source` (local, remote) |
 //! | `mycorrizal_cache_read_repairs_total`, `..._loads_total` | counter | |
@@ -26,7 +29,7 @@
 //! | `mycorrizal_bucket_entries`, `..._bytes`, `..._tombstones` | gauge | `bucket` |
 //! | `mycorrizal_bucket_hits_total`, `..._misses_total`, `..._evictions_total`, `..._expirations_total`, `..._rejected_total` | counter | `bucket` |
 //! | `mycorrizal_events_published_total`, `..._unconfirmed_total`, `..._delivered_total`, `..._redelivered_total`, `..._acked_total`, `..._nacked_total`, `..._lagged_total`, `..._gaps_total`, `..._abandoned_total` | counter | |
-//! | `mycorrizal_events_unacked`, `..._held` | gauge | |
+//! | `mycorrizal_events_unacked`, `..._held`, `..._queued` | gauge | |
 
 use std::{
     fmt,
@@ -70,12 +73,13 @@ pub(crate) struct RequestMetrics {
     failures: Family<FailureLabels, Counter>,
 }
 
+/// A latency histogram: 25 µs to ~3.3 s, doubling.
+pub(crate) fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(25e-6, 2.0, 18))
+}
+
 impl Default for RequestMetrics {
     fn default() -> Self {
-        fn histogram() -> Histogram {
-            // 25 µs to ~3.3 s, doubling.
-            Histogram::new(exponential_buckets(25e-6, 2.0, 18))
-        }
         let failures: Family<FailureLabels, Counter> = Family::default();
         // Every failure series exists from the start at 0, so rates and alerts work before
         // the first failure (Prometheus cannot rate a series it has never seen).
@@ -84,7 +88,7 @@ impl Default for RequestMetrics {
                 failures.get_or_create(&[("channel", channel), ("kind", kind)]).inc_by(0);
             }
         }
-        RequestMetrics { duration: Family::new_with_constructor(histogram), failures }
+        RequestMetrics { duration: Family::new_with_constructor(latency_histogram), failures }
     }
 }
 
@@ -145,6 +149,11 @@ impl Metrics {
             "mycorrizal_request_failures",
             "Requests this node sent that failed, by kind",
             requests.failures.clone(),
+        );
+        registry.register(
+            "mycorrizal_cache_replication_seconds",
+            "From a write's start until each peer replica applied it (replication lag)",
+            sources.cache.replication.clone(),
         );
         registry.register_collector(Box::new(sources));
         Metrics { registry: Arc::new(Mutex::new(registry)) }
@@ -233,6 +242,37 @@ impl Collector for Sources {
             "Streams to peers open now",
             G,
             self.links.connections() as u64,
+        )?;
+        let mut frames = Vec::new();
+        let mut bytes = Vec::new();
+        for (outgoing, direction) in [(false, "in"), (true, "out")] {
+            for channel in [Channel::System, Channel::Cache, Channel::Events, Channel::App] {
+                let (f, b) = self.links.traffic().get(outgoing, channel);
+                let labels = [("direction", direction), ("channel", channel_name(channel))];
+                frames.push((labels, f));
+                bytes.push((labels, b));
+            }
+        }
+        family(
+            &mut e,
+            "mycorrizal_link_frames",
+            "Frames through streams to peers, by direction and channel",
+            C,
+            &frames,
+        )?;
+        family(
+            &mut e,
+            "mycorrizal_link_bytes",
+            "Bytes (headers included) through streams to peers, by direction and channel",
+            C,
+            &bytes,
+        )?;
+        one(
+            &mut e,
+            "mycorrizal_link_queued_requests",
+            "Requests waiting for a connection to a peer to take them",
+            G,
+            self.links.queued_requests() as u64,
         )?;
         let m = self.membership.snapshot();
         family(
@@ -381,7 +421,7 @@ impl Collector for Sources {
         }
 
         let ev = self.events.stats();
-        let events: [(&str, &str, MetricType, u64); 11] = [
+        let events: [(&str, &str, MetricType, u64); 12] = [
             ("mycorrizal_events_published", "Events published here", C, ev.published),
             (
                 "mycorrizal_events_unconfirmed",
@@ -418,6 +458,12 @@ impl Collector for Sources {
                 ev.unacked,
             ),
             ("mycorrizal_events_held", "Of those, waiting for a member", G, ev.held),
+            (
+                "mycorrizal_events_queued",
+                "Stream items queued toward other nodes, not yet taken",
+                G,
+                ev.queued,
+            ),
         ];
         for (name, help, kind, value) in events {
             one(&mut e, name, help, kind, value)?;

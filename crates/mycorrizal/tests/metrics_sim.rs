@@ -22,54 +22,8 @@ fn id(i: u8) -> NodeId {
     NodeId::new(format!("m{i}")).unwrap()
 }
 
-/// Parses Prometheus text exposition: every sample line is `name{labels} value`, every sample
-/// belongs to a family declared with `# TYPE`. Returns `name{labels}` → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
-    let valid_name = |n: &str| {
-        !n.is_empty()
-            && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    };
-    let mut families = BTreeMap::new();
-    let mut samples = BTreeMap::new();
-    for line in text.lines() {
-        if line == "# EOF" || line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
-            assert!(valid_name(name), "bad family name {name:?}");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "unknown", "info"].contains(&kind),
-                "bad type {kind:?}"
-            );
-            families.insert(name.to_owned(), kind.to_owned());
-            continue;
-        }
-        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unexpected comment {line:?}");
-        let (series, value) = line.rsplit_once(' ').expect("sample: series value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let name = series.split('{').next().unwrap();
-        assert!(valid_name(name), "bad sample name in {line:?}");
-        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
-            let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).expect("{..}");
-            for pair in inner.split(',') {
-                let (k, v) = pair.split_once('=').expect("label=value");
-                assert!(valid_name(k), "bad label {k:?}");
-                assert!(v.starts_with('"') && v.ends_with('"'), "unquoted label value {v:?}");
-            }
-        }
-        let family = ["_total", "_bucket", "_sum", "_count", "_created"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains_key(*f)))
-            .unwrap_or(name);
-        assert!(families.contains_key(family), "sample {name} without # TYPE");
-        samples.insert(series.to_owned(), value);
-    }
-    samples
+    mycorrizal_testkit::prometheus::parse(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,6 +82,21 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_done() {
         get(r#"mycorrizal_request_duration_seconds_bucket{le="+Inf",channel="cache"}"#) >= 10.0
     );
     assert!(text.contains("# TYPE mycorrizal_request_duration_seconds histogram"));
+    // Each write was applied by the other replica: its replication time was observed.
+    assert_eq!(get("mycorrizal_cache_replication_seconds_count"), 10.0);
+    // Link traffic: the cache writes left as frames on the cache channel and their answers
+    // came back; byte counts include the 16-byte headers.
+    let cache_out = get(r#"mycorrizal_link_frames_total{direction="out",channel="cache"}"#);
+    let cache_in = get(r#"mycorrizal_link_frames_total{direction="in",channel="cache"}"#);
+    assert!(cache_out >= 10.0 && cache_in >= 10.0, "out {cache_out}, in {cache_in}");
+    assert!(
+        get(r#"mycorrizal_link_bytes_total{direction="out",channel="cache"}"#) >= 16.0 * cache_out
+    );
+    assert!(get(r#"mycorrizal_link_frames_total{direction="out",channel="events"}"#) >= 1.0);
+    assert_eq!(get(r#"mycorrizal_link_frames_total{direction="in",channel="app"}"#), 0.0);
+    // Nothing is waiting anywhere once the work is done.
+    assert_eq!(get("mycorrizal_link_queued_requests"), 0.0);
+    assert_eq!(get("mycorrizal_events_queued"), 0.0);
     // Every metric the Grafana dashboard queries exists.
     let dashboard = include_str!("../../../deploy/grafana/mycorrizal.json");
     for name in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

@@ -1,9 +1,15 @@
 //! `pulse agent`: one standalone node with its admin API, configured from flags or
 //! `MYCORRIZAL_*` environment variables, until SIGINT or SIGTERM (then it leaves gracefully).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
+
+use crate::progress;
 use mycorrizal::{
     NodeId,
     admin::{AdminConfig, AdminServer, AdminToken, Role},
@@ -11,28 +17,36 @@ use mycorrizal::{
     security::{ClusterSecret, Trust},
 };
 
-/// Options of `pulse agent`. Every flag can also come from the environment variable named
-/// after it (`--node-id` from `MYCORRIZAL_NODE_ID`, ...).
-#[derive(Debug, clap::Args)]
+/// Options of `pulse agent`. Each comes from, in order of precedence: its flag, the
+/// environment variable named after it (`--node-id` from `MYCORRIZAL_NODE_ID`, ...), the TOML
+/// file of `--config` (keys are the flag names: `node-id = "orders-0"`), a default.
+#[derive(Debug, Default, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentArgs {
-    /// This node's id: a lowercase DNS name (`orders-0`, `10.0.3.7`).
+    /// A TOML file with any of these options (keys are the flag names; relative paths in it
+    /// are relative to the file).
+    #[arg(long, env = "MYCORRIZAL_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This node's id: a lowercase DNS name (`orders-0`, `10.0.3.7`). Required.
     #[arg(long, env = "MYCORRIZAL_NODE_ID")]
-    node_id: String,
-    /// Where to listen for the cluster (TCP streams and UDP gossip on the same port).
+    node_id: Option<String>,
+    /// Where to listen for the cluster (TCP streams and UDP gossip on the same port). Required.
     #[arg(long, env = "MYCORRIZAL_BIND")]
-    bind: SocketAddr,
+    bind: Option<SocketAddr>,
     /// The address peers reach this node at, if not `--bind` (behind NAT, in containers).
     #[arg(long, env = "MYCORRIZAL_ADVERTISE")]
     advertise: Option<SocketAddr>,
-    /// The cluster's name; nodes of other clusters are refused.
-    #[arg(long, env = "MYCORRIZAL_CLUSTER", default_value = "mycorrizal")]
-    cluster: String,
-    /// Where the admin HTTP API listens (loopback unless `--admin-public`).
-    #[arg(long, env = "MYCORRIZAL_ADMIN", default_value = "127.0.0.1:7947")]
-    admin: SocketAddr,
+    /// The cluster's name; nodes of other clusters are refused. Default `mycorrizal`.
+    #[arg(long, env = "MYCORRIZAL_CLUSTER")]
+    cluster: Option<String>,
+    /// Where the admin HTTP API listens (loopback unless `--admin-public`). Default
+    /// `127.0.0.1:7947`.
+    #[arg(long, env = "MYCORRIZAL_ADMIN")]
+    admin: Option<SocketAddr>,
     /// Let the admin API listen on a non-loopback address.
-    #[arg(long, env = "MYCORRIZAL_ADMIN_PUBLIC")]
-    admin_public: bool,
+    #[arg(long, env = "MYCORRIZAL_ADMIN_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
+    admin_public: Option<bool>,
     /// Seeds to join through, comma separated (`10.0.0.5:7946,10.0.0.6:7946`).
     #[arg(long, env = "MYCORRIZAL_SEEDS", value_delimiter = ',')]
     seeds: Vec<SocketAddr>,
@@ -44,9 +58,9 @@ pub struct AgentArgs {
     #[arg(long, env = "MYCORRIZAL_DNS_PORT")]
     dns_port: Option<u16>,
     /// A file holding the cluster secret (32+ random bytes, the same on every node; e.g. the
-    /// output of `openssl rand -hex 32`).
+    /// output of `openssl rand -hex 32`). Required.
     #[arg(long, env = "MYCORRIZAL_SECRET_FILE")]
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
     /// Files holding previous cluster secrets, still trusted during a rotation (comma
     /// separated): roll out the new secret here first, then as `--secret-file` with the old one
     /// here (docs/OPERATIONS.md).
@@ -57,9 +71,64 @@ pub struct AgentArgs {
     /// the admin API answers only /health and /ready.
     #[arg(long, env = "MYCORRIZAL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// `lan` (one data centre) or `wan` (regions) timing presets.
-    #[arg(long, env = "MYCORRIZAL_PRESET", default_value = "lan")]
-    preset: String,
+    /// `lan` (one data centre) or `wan` (regions) timing presets. Default `lan`.
+    #[arg(long, env = "MYCORRIZAL_PRESET")]
+    preset: Option<String>,
+    /// Log level: error, warn, info, debug or trace. Default: `RUST_LOG`, else info.
+    #[arg(long, env = "MYCORRIZAL_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+impl AgentArgs {
+    /// Fills what flags and environment left unset from the `--config` file, if any.
+    pub fn with_config_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let mut file: AgentArgs = toml::from_str(&text)
+            .with_context(|| format!("the config file {} is refused", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let relative = |p: &mut PathBuf| *p = dir.join(&*p);
+        file.secret_file.iter_mut().chain(&mut file.token_file).for_each(relative);
+        file.previous_secret_file.iter_mut().for_each(relative);
+        macro_rules! fill {
+            ($($field:ident),*) => {$(
+                if self.$field.is_none() { self.$field = file.$field.take(); }
+            )*};
+        }
+        fill!(node_id, bind, advertise, cluster, admin, admin_public, dns, dns_port);
+        fill!(secret_file, token_file, preset, log_level);
+        if self.seeds.is_empty() {
+            self.seeds = file.seeds;
+        }
+        if self.previous_secret_file.is_empty() {
+            self.previous_secret_file = file.previous_secret_file;
+        }
+        Ok(self)
+    }
+
+    /// The log level: `--log-level` (or its variable or key), else `RUST_LOG`, else info.
+    pub fn log_level(&self) -> anyhow::Result<tracing_subscriber::filter::LevelFilter> {
+        match &self.log_level {
+            Some(l) => l.parse().map_err(|_| {
+                anyhow::anyhow!("--log-level {l:?}: use error, warn, info, debug or trace")
+            }),
+            None => Ok(std::env::var("RUST_LOG")
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO)),
+        }
+    }
+}
+
+/// A required option: its flag, variable and key named when it is missing.
+fn required<'a, T>(value: &'a Option<T>, flag: &str) -> anyhow::Result<&'a T> {
+    value.as_ref().ok_or_else(|| {
+        let var = format!("MYCORRIZAL_{}", flag.to_uppercase().replace('-', "_"));
+        anyhow::anyhow!("--{flag} is required (or {var}, or `{flag} = ...` in the --config file)")
+    })
 }
 
 /// Reads a token file (see `--token-file`).
@@ -89,10 +158,13 @@ pub fn read_tokens(path: &PathBuf) -> anyhow::Result<Vec<AdminToken>> {
 
 /// Builds the node's configuration from the options (no I/O).
 fn config(args: &AgentArgs) -> anyhow::Result<ClusterConfig> {
-    let id = NodeId::new(&args.node_id).with_context(|| format!("--node-id {:?}", args.node_id))?;
-    let mut c = match args.preset.as_str() {
-        "lan" => ClusterConfig::lan(args.cluster.clone(), id, args.bind),
-        "wan" => ClusterConfig::wan(args.cluster.clone(), id, args.bind),
+    let node_id = required(&args.node_id, "node-id")?;
+    let bind = *required(&args.bind, "bind")?;
+    let id = NodeId::new(node_id).with_context(|| format!("--node-id {node_id:?}"))?;
+    let cluster = args.cluster.clone().unwrap_or_else(|| "mycorrizal".to_owned());
+    let mut c = match args.preset.as_deref().unwrap_or("lan") {
+        "lan" => ClusterConfig::lan(cluster, id, bind),
+        "wan" => ClusterConfig::wan(cluster, id, bind),
         other => bail!("--preset {other:?}: use lan or wan"),
     };
     c.advertise = args.advertise;
@@ -109,19 +181,23 @@ fn config(args: &AgentArgs) -> anyhow::Result<ClusterConfig> {
 /// Runs the agent until SIGINT or SIGTERM. Errors before the node runs are configuration or
 /// connection errors (the caller exits 2).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let args = args.with_config_file()?;
+    let level = args.log_level()?;
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
     let config = config(&args)?;
     let trust = Trust::ClusterSecret {
-        primary: read_secret(&args.secret_file)?,
+        primary: read_secret(required(&args.secret_file, "secret-file")?)?,
         previous: args.previous_secret_file.iter().map(read_secret).collect::<Result<_, _>>()?,
     };
     let tokens = match &args.token_file {
         Some(path) => read_tokens(path)?,
         None => Vec::new(),
     };
+    let cluster = config.cluster.clone();
     let node = Node::builder(config).trust(trust).start().await.context("starting the node")?;
     let admin_config = AdminConfig {
-        bind: args.admin,
-        allow_non_loopback: args.admin_public,
+        bind: args.admin.unwrap_or(AdminConfig::default().bind),
+        allow_non_loopback: args.admin_public.unwrap_or(false),
         tokens,
         ..AdminConfig::default()
     };
@@ -133,18 +209,45 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     println!(
-        "pulse agent: node {} in cluster {:?} on {} (gossip and streams), admin API on http://{}",
+        "pulse agent: node {} in cluster {cluster:?} on {} (gossip and streams), admin API on http://{}",
         node.id(),
-        args.cluster,
         node.addr(),
         admin.addr()
     );
-    wait_for_signal().await;
+    let signalled = tokio::select! {
+        _ = wait_until_ready(&node) => {
+            println!("pulse agent: ready ({} members alive)", node.members().live().count());
+            false
+        }
+        _ = wait_for_signal() => true,
+    };
+    if !signalled {
+        wait_for_signal().await;
+    }
     println!("pulse agent: stopping; handing data over and leaving the cluster");
     admin.stop(Duration::from_secs(2)).await;
     node.shutdown(Duration::from_secs(10)).await;
     println!("pulse agent: stopped");
     Ok(())
+}
+
+/// Waits until the node has joined and its cache holds what it owns (what `/ready` answers),
+/// with a spinner on a terminal.
+async fn wait_until_ready(node: &Node) {
+    let spinner = progress::spinner("joining the cluster");
+    loop {
+        let joined = node.is_joined();
+        if joined && node.cache().is_ready() {
+            break;
+        }
+        spinner.set_message(if joined {
+            "receiving the keys this node owns".to_owned()
+        } else {
+            format!("joining the cluster ({} members seen)", node.members().members.len())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    spinner.finish_and_clear();
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<ClusterSecret> {

@@ -16,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
+
+use crate::progress;
 use bytes::Bytes;
 use mycorrizal::{
     NodeId,
@@ -59,10 +61,12 @@ async fn until(
     mut done: impl FnMut() -> bool,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let spinner = progress::spinner(&format!("waiting: {what}"));
     while !done() {
         ensure!(start.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    spinner.finish_and_clear();
     Ok(start.elapsed())
 }
 
@@ -312,9 +316,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step("6. Restart node-3 empty; it catches up");
     let t = Instant::now();
     let back = start(3, &secret, Some(seed)).await?;
+    let spinner = progress::spinner("node-3 pulling the keys it owns from its peers");
     tokio::time::timeout(Duration::from_secs(30), back.cache().ready())
         .await
         .context("node-3 catching up")?;
+    spinner.finish_and_clear();
     let b3 = back.cache().bucket("orders")?;
     let held = acked
         .iter()
@@ -359,10 +365,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn write_orders(buckets: &[CacheBucket], from: u32, to: u32) -> BTreeMap<String, String> {
     let lanes = 8;
     let stride = (buckets.len() * lanes) as u32;
+    let bar = progress::bar(u64::from(to - from), "writing orders");
     let mut tasks = tokio::task::JoinSet::new();
     for (w, b) in buckets.iter().enumerate() {
         for lane in 0..lanes {
-            let b = b.clone();
+            let (b, bar) = (b.clone(), bar.clone());
             let first = from + (w * lanes + lane) as u32;
             tasks.spawn(async move {
                 let mut acked = Vec::new();
@@ -372,6 +379,7 @@ async fn write_orders(buckets: &[CacheBucket], from: u32, to: u32) -> BTreeMap<S
                     if b.set(&key, value.clone()).await.is_ok() {
                         acked.push((key, value));
                     }
+                    bar.inc(1);
                 }
                 acked
             });
@@ -381,6 +389,7 @@ async fn write_orders(buckets: &[CacheBucket], from: u32, to: u32) -> BTreeMap<S
     while let Some(Ok(r)) = tasks.join_next().await {
         acked.extend(r);
     }
+    bar.finish_and_clear();
     acked
 }
 

@@ -8,6 +8,7 @@
 mod agent;
 mod client;
 mod demo;
+mod progress;
 
 use std::time::Duration;
 
@@ -121,10 +122,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let (result, failure) = match cli.command {
-        Command::Agent(args) => {
-            init_logs();
-            (runtime.block_on(agent::run(*args)), 2)
-        }
+        Command::Agent(args) => (runtime.block_on(agent::run(*args)), 2),
         Command::Demo(args) => (runtime.block_on(demo::run(args)), 1),
         client => {
             drop(runtime);
@@ -167,14 +165,4 @@ fn run_client(command: Command) -> Result<(), client::Failure> {
         }
         Command::Agent(_) | Command::Demo(_) => unreachable!("handled by main"),
     }
-}
-
-/// Logs to stderr at the level of `RUST_LOG` (`error`, `warn`, `info`, `debug`, `trace`;
-/// default `info`).
-fn init_logs() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
 }

@@ -75,14 +75,32 @@ fn start(dir: &std::path::Path, i: u8) -> Child {
     };
     let seeds =
         (1..=3).filter(|&j| j != i).map(|j| cluster_addr(j).to_string()).collect::<Vec<_>>();
-    Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["agent", "--node-id", &format!("agent-{i}"), "--bind", &cluster_addr(i).to_string()])
-        .args(["--admin", &admin_addr(i).to_string(), "--seeds", &seeds.join(",")])
-        .args(previous)
-        .env("MYCORRIZAL_SECRET_FILE", dir.join("secret"))
-        .env("MYCORRIZAL_TOKEN_FILE", dir.join("tokens"))
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    agent.arg("agent");
+    if i == 2 {
+        // Agent 2 reads its options from a TOML file (relative paths are relative to it);
+        // the environment overrides the file's cluster name.
+        let config = format!(
+            "node-id = \"agent-2\"\nbind = \"{}\"\nadmin = \"{}\"\nseeds = [{}]\n\
+             secret-file = \"secret\"\ntoken-file = \"tokens\"\ncluster = \"overridden\"\n\
+             log-level = \"warn\"\n",
+            cluster_addr(2),
+            admin_addr(2),
+            seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
+        );
+        std::fs::write(dir.join("agent-2.toml"), config).unwrap();
+        agent.arg("--config").arg(dir.join("agent-2.toml"));
+    } else {
+        agent
+            .args(["--node-id", &format!("agent-{i}"), "--bind", &cluster_addr(i).to_string()])
+            .args(["--admin", &admin_addr(i).to_string(), "--seeds", &seeds.join(",")])
+            .args(previous)
+            .env("MYCORRIZAL_SECRET_FILE", dir.join("secret"))
+            .env("MYCORRIZAL_TOKEN_FILE", dir.join("tokens"))
+            .env("RUST_LOG", "warn");
+    }
+    agent
         .env("MYCORRIZAL_CLUSTER", "clitest")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,8 +153,10 @@ fn three_agents_serve_operate_and_leave_on_sigterm() {
     assert_eq!(http(admin_addr(3), "GET", "/metrics", "not-a-token-at-all", b"").0, 401);
     let (status, metrics) = http(admin_addr(1), "GET", "/metrics", READ, b"");
     assert_eq!(status, 200);
-    assert!(metrics.contains("mycorrizal_members{state=\"alive\"} 3"), "{metrics}");
-    assert!(metrics.contains("mycorrizal_bucket_entries{bucket=\"products\"} 1"), "{metrics}");
+    let samples = mycorrizal_testkit::prometheus::parse(&metrics).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(samples["mycorrizal_members{state=\"alive\"}"], 3.0, "{metrics}");
+    assert_eq!(samples["mycorrizal_bucket_entries{bucket=\"products\"}"], 1.0, "{metrics}");
+    assert_eq!(samples["mycorrizal_cache_ready"], 1.0, "{metrics}");
 
     // The client commands, against different nodes.
     let pulse = |node: u8, token: &str, args: &[&str]| {
@@ -261,6 +281,7 @@ fn three_agents_serve_operate_and_leave_on_sigterm() {
     let mut out = String::new();
     third.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(status.success(), "exit {status:?}: {out}");
+    assert!(out.contains("pulse agent: ready (3 members alive)"), "{out}");
     assert!(out.contains("pulse agent: stopped"), "{out}");
     until(Duration::from_secs(10), "agent 3 seen as left", || {
         let (_, members) = http(admin_addr(1), "GET", "/v1/members", READ, b"");
@@ -285,6 +306,28 @@ fn a_missing_secret_file_is_a_usage_error_with_an_actionable_message() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read the secret file /nonexistent/secret"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(["agent"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["agent"])
+        .env_remove("MYCORRIZAL_NODE_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--node-id is required (or MYCORRIZAL_NODE_ID"), "{err}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused_naming_the_key() {
+    let path = std::env::temp_dir().join(format!("pulse-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "node-id = \"a\"\nbind = \"127.0.0.89:7946\"\nsecrets = \"x\"\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["agent", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is refused") && err.contains("unknown field `secrets`"), "{err}");
 }

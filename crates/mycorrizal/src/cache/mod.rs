@@ -555,6 +555,7 @@ impl CacheBucket {
         let mut outcome = None;
         let mut first_refusal: Option<String> = None;
         let (tx, mut rx) = mpsc::channel(targets.len());
+        let started = tokio::time::Instant::now();
         for target in targets {
             if target == rt.me {
                 outcome = match s.local.apply(&key, record.clone()) {
@@ -577,10 +578,14 @@ impl CacheBucket {
                     }],
                 });
                 let r = rt.call(&target, op, rt.config.request_timeout).await;
-                if let Err(e) = &r
-                    && worth_a_hint(e)
-                {
-                    rt.add_hint(&target, &name, &key, &record);
+                match &r {
+                    // Observed for every replica, those answering after the write returned
+                    // included: the tail is the replication lag.
+                    Ok(_) => rt.replication.observe(started.elapsed().as_secs_f64()),
+                    Err(e) if worth_a_hint(e) => {
+                        rt.add_hint(&target, &name, &key, &record);
+                    }
+                    Err(_) => {}
                 }
                 let _ = tx.send(r).await;
             });

@@ -113,6 +113,8 @@ pub(crate) struct Runtime {
     pub kick: Notify,
     /// When the rebalancing throttle next has budget.
     throttle: tokio::sync::Mutex<tokio::time::Instant>,
+    /// From a write's start until each peer replica applied it.
+    pub replication: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Runtime {
@@ -145,6 +147,7 @@ impl Runtime {
             generation: watch::channel(generation).0,
             kick: Notify::new(),
             throttle: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            replication: crate::metrics::latency_histogram(),
         })
     }
 

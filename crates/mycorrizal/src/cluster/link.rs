@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -21,7 +24,8 @@ use bytes::{Bytes, BytesMut};
 use mycorrizal_core::{
     NodeId,
     wire::{
-        Channel, DEFAULT_CHUNK_SIZE, Frame, FrameDecoder, Kind, PROTOCOL_VERSION, Reassembler,
+        Channel, DEFAULT_CHUNK_SIZE, Frame, FrameDecoder, HEADER_LEN, Kind, PROTOCOL_VERSION,
+        Reassembler,
         messages::{ErrorCode, ErrorReply, Hello, HelloAck},
         split_message,
     },
@@ -200,6 +204,33 @@ pub(crate) struct Links {
     serving: watch::Sender<usize>,
     /// Latency and failures of the requests this node sends.
     requests: crate::metrics::RequestMetrics,
+    /// Frames and bytes through every connection, by direction and channel.
+    traffic: Traffic,
+}
+
+/// Frames and bytes through a node's connections, by direction and channel (indexed by the
+/// channel's wire number). Bytes include frame headers.
+#[derive(Default)]
+pub(crate) struct Traffic {
+    frames: [[AtomicU64; 4]; 2],
+    bytes: [[AtomicU64; 4]; 2],
+}
+
+impl Traffic {
+    const IN: usize = 0;
+    const OUT: usize = 1;
+
+    fn count(&self, direction: usize, frame: &Frame) {
+        let c = frame.header.channel as usize;
+        self.frames[direction][c].fetch_add(1, Relaxed);
+        self.bytes[direction][c].fetch_add((HEADER_LEN + frame.payload.len()) as u64, Relaxed);
+    }
+
+    /// (frames, bytes) for `channel`, received (`outgoing == false`) or sent.
+    pub(crate) fn get(&self, outgoing: bool, channel: Channel) -> (u64, u64) {
+        let (d, c) = (usize::from(outgoing), channel as usize);
+        (self.frames[d][c].load(Relaxed), self.bytes[d][c].load(Relaxed))
+    }
 }
 
 impl Links {
@@ -222,6 +253,7 @@ impl Links {
             shutdown: watch::Sender::new(false),
             serving: watch::Sender::new(0),
             requests: crate::metrics::RequestMetrics::default(),
+            traffic: Traffic::default(),
         })
     }
 
@@ -517,6 +549,16 @@ impl Links {
     pub(crate) fn connections(&self) -> usize {
         *self.serving.borrow()
     }
+
+    /// Frames and bytes through every connection.
+    pub(crate) fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Requests waiting for a connection to take them, over every peer.
+    pub(crate) fn queued_requests(&self) -> usize {
+        lock(&self.peers).values().map(|q| q.max_capacity() - q.capacity()).sum()
+    }
 }
 
 fn xorshift_seed(peer: &NodeId) -> u64 {
@@ -631,7 +673,8 @@ async fn serve_inner(
                 if let Some(mut message) = outq.pop_front()
                     && let Some(frame) = message.next()
                 {
-                    let mut out = BytesMut::with_capacity(frame.payload.len() + 16);
+                    links.traffic.count(Traffic::OUT, &frame);
+                    let mut out = BytesMut::with_capacity(frame.payload.len() + HEADER_LEN);
                     frame.encode(&mut out);
                     permit.send(out.freeze());
                     outq.push_back(message);
@@ -681,6 +724,7 @@ async fn serve_inner(
                         Ok(None) => break,
                         Err(e) => { tracing::warn!(%peer, error = %e, "bad frame; closing link"); failed = true; break; }
                     };
+                    links.traffic.count(Traffic::IN, &frame);
                     let msg = match reassembler.push(frame) {
                         Ok(Some(m)) => m,
                         Ok(None) => continue,

@@ -319,14 +319,23 @@ impl Node {
     /// Resolves once the node has joined: at least one other member is alive, or the node has
     /// no seeds (a single-node cluster is ready at once).
     pub async fn ready(&self) {
-        if self.inner.config.dns.is_none()
-            && self.inner.config.seeds.iter().all(|s| *s == self.addr())
-        {
+        if self.is_alone() {
             return;
         }
         let mut rx = self.watch_members();
         let me = self.id().clone();
         let _ = rx.wait_for(|v| v.live().any(|m| m.id != me)).await;
+    }
+
+    /// Whether [`Node::ready`] would resolve now: another member is alive, or the node has no
+    /// seeds.
+    pub fn is_joined(&self) -> bool {
+        self.is_alone() || self.members().live().any(|m| &m.id != self.id())
+    }
+
+    /// No seeds but itself and no DNS discovery: a single-node cluster.
+    fn is_alone(&self) -> bool {
+        self.inner.config.dns.is_none() && self.inner.config.seeds.iter().all(|s| *s == self.addr())
     }
 
     /// Stops gracefully within `timeout`: first hands every cached key to its owners without

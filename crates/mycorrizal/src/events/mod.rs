@@ -177,6 +177,9 @@ pub struct EventsStats {
     pub unacked: u64,
     /// Of those, held because no member could take them.
     pub held: u64,
+    /// Items (events, redeliveries, acknowledgements) queued in streams to other nodes, not
+    /// yet taken by them.
+    pub queued: u64,
 }
 
 /// Checks a topic or group name.

@@ -903,7 +903,7 @@ impl Runtime {
     /// Counters.
     pub(crate) fn stats(&self) -> EventsStats {
         let s = &self.stats;
-        let (pending, held) = self.pending_counts();
+        let (pending, held, queued) = self.pending_counts();
         EventsStats {
             published: s.published.load(Relaxed),
             unconfirmed: s.unconfirmed.load(Relaxed),
@@ -922,6 +922,7 @@ impl Runtime {
             reoffered: s.reoffered.load(Relaxed),
             unacked: pending,
             held,
+            queued,
         }
     }
 

@@ -306,8 +306,13 @@ impl Stream {
     }
 
     fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items queued on both lanes.
+    fn len(&self) -> usize {
         let s = lock(&self.state);
-        s.queue.is_empty() && s.settles.is_empty()
+        s.queue.len() + s.settles.len()
     }
 }
 
@@ -915,10 +920,12 @@ impl Runtime {
         }
     }
 
-    /// (unacknowledged group deliveries, of which held for lack of a member).
-    pub(super) fn pending_counts(&self) -> (u64, u64) {
+    /// (unacknowledged group deliveries, of which held for lack of a member, items queued in
+    /// streams to other nodes).
+    pub(super) fn pending_counts(&self) -> (u64, u64, u64) {
         let p = lock(&self.publishing);
-        (p.pending.len() as u64, p.held as u64)
+        let queued = p.streams.values().filter(|s| s.to != self.me).map(|s| s.len()).sum::<usize>();
+        (p.pending.len() as u64, p.held as u64, queued as u64)
     }
 
     /// Waits until every stream to another node is empty, or `deadline`.

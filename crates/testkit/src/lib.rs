@@ -1,0 +1,5 @@
+//! Test support shared by the workspace's integration tests. Not published.
+
+#![deny(missing_docs)]
+
+pub mod prometheus;
