@@ -6,6 +6,7 @@
 //! Exit codes: 0 success; 1 not found; 2 usage, configuration or connection errors.
 
 mod agent;
+mod bench;
 mod client;
 mod demo;
 mod progress;
@@ -31,6 +32,9 @@ enum Command {
     /// Start a local three-node cluster, run a mixed workload, kill a node and show that no
     /// acknowledged write was lost, then bring it back and show it caught up.
     Demo(demo::DemoArgs),
+    /// Benchmark the cache side by side with Redis, quick_cache and moka on this machine
+    /// (starts what it needs on loopback; see docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// The cluster as a node sees it: members by state, readiness.
     Status {
         #[command(flatten)]
@@ -124,6 +128,7 @@ fn main() -> std::process::ExitCode {
     let (result, failure) = match cli.command {
         Command::Agent(args) => (runtime.block_on(agent::run(*args)), 2),
         Command::Demo(args) => (runtime.block_on(demo::run(args)), 1),
+        Command::Bench(args) => (runtime.block_on(bench::run(args)), 2),
         client => {
             drop(runtime);
             return match run_client(client) {
@@ -163,6 +168,8 @@ fn run_client(command: Command) -> Result<(), client::Failure> {
         Command::Subscribe { topic, group, target } => {
             client::subscribe(&target, &topic, group.as_deref())
         }
-        Command::Agent(_) | Command::Demo(_) => unreachable!("handled by main"),
+        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) => {
+            unreachable!("handled by main")
+        }
     }
 }

@@ -226,14 +226,15 @@ impl std::fmt::Debug for CacheBucket {
 }
 
 impl CacheBucket {
-    /// The bucket's state, re-resolved if a conflicting earlier declaration replaced it.
-    fn state(&self) -> Arc<BucketState> {
+    /// The bucket's state, re-resolved if a conflicting earlier declaration replaced it;
+    /// borrowed otherwise (no reference count touched on the read path).
+    fn state(&self) -> std::borrow::Cow<'_, Arc<BucketState>> {
         if self.state.is_retired()
             && let Some(now) = self.rt.catalog.get(self.state.name.as_str())
         {
-            return now;
+            return std::borrow::Cow::Owned(now);
         }
-        self.state.clone()
+        std::borrow::Cow::Borrowed(&self.state)
     }
 
     /// The bucket's configuration.
@@ -301,19 +302,23 @@ impl CacheBucket {
     ) -> Result<Option<Bytes>, CacheError> {
         let rt = &self.rt;
         let rf = s.config.replicas() as usize;
-        let ring = rt.ring();
         let kh = key_hash(s.namespace(), key);
-        let mine = ring.is_mine(kh, rf);
         if consistency == Consistency::One {
-            if mine {
-                let v = s.local.get(key);
-                // A node still filling its replica after a membership change asks a peer
-                // before answering "absent".
-                if v.is_some() || *rt.synced.borrow() == ring.generation {
-                    rt.counters.reads_local.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(v);
-                }
+            // `Some` when this node holds a replica: `Some(Some(v))` when it can answer. A node
+            // still filling its replica after a membership change asks a peer before answering
+            // "absent".
+            let local = rt.with_ring(|ring| {
+                ring.is_mine(kh, rf).then(|| {
+                    let v = s.local.get(key);
+                    (v.is_some() || *rt.synced.borrow() == ring.generation).then_some(v)
+                })
+            });
+            if let Some(Some(v)) = local {
+                rt.counters.reads_local.inc();
+                return Ok(v);
             }
+            let mine = local.is_some();
+            let ring = rt.ring();
             rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut last = None;
             for owner in ring.owners(kh, rf).iter().filter(|o| **o != rt.me) {
@@ -337,6 +342,7 @@ impl CacheBucket {
             });
         }
         rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ring = rt.ring();
         let owners = ring.owners(kh, rf);
         let needed = consistency.required(ring.effective_rf(rf));
         if owners.len() < needed {

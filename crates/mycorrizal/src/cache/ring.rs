@@ -1,5 +1,16 @@
 //! The membership as placement sees it: who is live, who is known.
 
+use std::{
+    cell::RefCell,
+    sync::{
+        Arc, RwLock,
+        atomic::{
+            AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
+    },
+};
+
 use mycorrizal_core::{NodeId, placement};
 
 use crate::cluster::{MemberState, MembershipView};
@@ -75,5 +86,108 @@ impl Ring {
 
     pub fn is_live(&self, id: &NodeId) -> bool {
         self.live.binary_search(id).is_ok()
+    }
+}
+
+/// The current ring, readable on the hot path without writing to a shared cache line. Each
+/// thread keeps the last ring it read with the cell's version; replacing the ring bumps the
+/// version, and a thread whose copy is older reads the new one under the lock. A local get
+/// then costs two plain loads here instead of a lock and a reference count taken and released
+/// (four atomic read-modify-writes on lines every core shares).
+///
+/// A thread keeps its last ring alive until it reads another cell's or a newer one: a few
+/// hundred bytes per thread.
+pub(crate) struct RingCell {
+    /// Tells cells (nodes) in one process apart.
+    id: u64,
+    version: AtomicU64,
+    current: RwLock<Arc<Ring>>,
+}
+
+thread_local! {
+    /// (cell id, version, ring) of the last ring this thread read.
+    static LAST: RefCell<Option<(u64, u64, Arc<Ring>)>> = const { RefCell::new(None) };
+}
+
+impl RingCell {
+    pub fn new(ring: Ring) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        RingCell {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            version: AtomicU64::new(0),
+            current: RwLock::new(Arc::new(ring)),
+        }
+    }
+
+    /// The current ring, to keep (across `await`s).
+    pub fn load(&self) -> Arc<Ring> {
+        crate::sync::read(&self.current).clone()
+    }
+
+    /// Runs `f` on the current ring (or the one replaced a moment ago).
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(&Ring) -> R) -> R {
+        let version = self.version.load(Acquire);
+        LAST.with(|last| {
+            if let Ok(last) = last.try_borrow()
+                && let Some((id, v, ring)) = &*last
+                && *id == self.id
+                && *v == version
+            {
+                return f(ring);
+            }
+            let ring = self.load();
+            // Busy only if `f` reads a ring itself: then this read is just not remembered.
+            if let Ok(mut slot) = last.try_borrow_mut() {
+                *slot = Some((self.id, version, ring.clone()));
+            }
+            f(&ring)
+        })
+    }
+
+    /// Replaces the ring with `next(current)` when that returns one; returns the new ring.
+    pub fn update(&self, next: impl FnOnce(&Ring) -> Option<Ring>) -> Option<Arc<Ring>> {
+        let mut current = crate::sync::write(&self.current);
+        let ring = Arc::new(next(&current)?);
+        *current = ring.clone();
+        self.version.fetch_add(1, Release);
+        Some(ring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(me: &str, generation: u64) -> Ring {
+        let mut r = Ring::alone(NodeId::new(me).unwrap());
+        r.generation = generation;
+        r
+    }
+
+    #[test]
+    fn a_thread_sees_a_replaced_ring_at_its_next_read() {
+        let cell = RingCell::new(ring("a", 1));
+        assert_eq!(cell.with(|r| r.generation), 1);
+        assert_eq!(cell.with(|r| r.generation), 1, "from the thread's copy");
+        assert!(cell.update(|_| None).is_none(), "no change, no new version");
+        cell.update(|r| Some(ring("a", r.generation + 1))).unwrap();
+        assert_eq!(cell.with(|r| r.generation), 2);
+        assert_eq!(cell.load().generation, 2);
+        // Another thread reads the current ring too.
+        let gen_elsewhere = std::thread::scope(|s| s.spawn(|| cell.with(|r| r.generation)).join());
+        assert_eq!(gen_elsewhere.unwrap(), 2);
+    }
+
+    #[test]
+    fn cells_of_different_nodes_never_share_a_thread_copy() {
+        let a = RingCell::new(ring("a", 7));
+        let b = RingCell::new(ring("b", 7));
+        for _ in 0..3 {
+            assert_eq!(a.with(|r| r.me.as_str().to_owned()), "a");
+            assert_eq!(b.with(|r| r.me.as_str().to_owned()), "b");
+        }
+        // Nested reads (a ring read inside another) work; the inner one is just not kept.
+        assert_eq!(a.with(|ra| b.with(|rb| ra.me.as_str().len() + rb.me.as_str().len())), 2);
     }
 }

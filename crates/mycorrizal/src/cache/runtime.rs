@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -29,7 +29,7 @@ use super::{
     CacheError, CacheStats,
     catalog::{BucketState, Catalog, Merged, config_of},
     config::CacheConfig,
-    ring::Ring,
+    ring::{Ring, RingCell},
 };
 use crate::{
     cluster::{MembershipView, MessagingError, Responder, link::Links},
@@ -49,7 +49,7 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub writes_indeterminate: AtomicU64,
     pub writes_failed: AtomicU64,
-    pub reads_local: AtomicU64,
+    pub reads_local: crate::store::StripedCounter,
     pub reads_remote: AtomicU64,
     pub read_repairs: AtomicU64,
     pub hints_queued: AtomicU64,
@@ -98,7 +98,7 @@ pub(crate) struct Runtime {
     pub store: Store,
     pub links: Arc<Links>,
     pub view: watch::Receiver<Arc<MembershipView>>,
-    ring: RwLock<Arc<Ring>>,
+    ring: RingCell,
     pub catalog: Catalog,
     pub hints: Mutex<Hints>,
     leases: Mutex<HashMap<FlightKey, LeaseState>>,
@@ -136,7 +136,7 @@ impl Runtime {
             store,
             links,
             view,
-            ring: RwLock::new(Arc::new(ring)),
+            ring: RingCell::new(ring),
             catalog: Catalog::default(),
             hints: Mutex::new(Hints::default()),
             leases: Mutex::new(HashMap::new()),
@@ -159,22 +159,22 @@ impl Runtime {
     }
 
     pub fn ring(&self) -> Arc<Ring> {
-        crate::sync::read(&self.ring).clone()
+        self.ring.load()
+    }
+
+    /// Runs `f` on the current ring without taking a reference to it (the local read path).
+    #[inline]
+    pub fn with_ring<R>(&self, f: impl FnOnce(&Ring) -> R) -> R {
+        self.ring.with(f)
     }
 
     /// Recomputes the ring from the membership; returns whether placement changed.
     pub fn refresh_ring(&self) -> bool {
         let view = self.view.borrow().clone();
-        let mut ring = crate::sync::write(&self.ring);
-        match ring.next(&view) {
-            Some(next) => {
-                tracing::debug!(node = %self.me, generation = next.generation, live = next.live.len(), "placement changed");
-                self.generation.send_replace(next.generation);
-                *ring = Arc::new(next);
-                true
-            }
-            None => false,
-        }
+        let Some(next) = self.ring.update(|ring| ring.next(&view)) else { return false };
+        tracing::debug!(node = %self.me, generation = next.generation, live = next.live.len(), "placement changed");
+        self.generation.send_replace(next.generation);
+        true
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -184,7 +184,7 @@ impl Runtime {
             writes: c.writes.load(Relaxed),
             writes_indeterminate: c.writes_indeterminate.load(Relaxed),
             writes_failed: c.writes_failed.load(Relaxed),
-            reads_local: c.reads_local.load(Relaxed),
+            reads_local: c.reads_local.get(),
             reads_remote: c.reads_remote.load(Relaxed),
             read_repairs: c.read_repairs.load(Relaxed),
             hints_pending: hints.by_node.values().map(|q| q.len() as u64).sum(),

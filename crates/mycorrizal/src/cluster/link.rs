@@ -611,6 +611,9 @@ async fn serve(
     idle
 }
 
+/// Bytes of frames gathered into one write to the stream.
+const WRITE_BATCH: usize = 64 * 1024;
+
 async fn serve_inner(
     links: &Arc<Links>,
     peer: &NodeId,
@@ -625,21 +628,26 @@ async fn serve_inner(
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Writes happen on their own task, so this loop keeps reading while a write waits: two
     // nodes sending each other large messages at once would otherwise both wait forever.
-    let (to_writer, mut writes) = mpsc::channel::<Bytes>(4);
+    let (to_writer, mut writes) = mpsc::channel::<Bytes>(64);
     let writer_task = tokio::spawn(async move {
+        let mut batch = BytesMut::new();
         while let Some(bytes) = writes.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            // Gather every frame already waiting into one write: one TLS record and one
+            // system call for a burst of small requests or answers instead of one each.
+            batch.extend_from_slice(&bytes);
+            while batch.len() < WRITE_BATCH
+                && let Ok(more) = writes.try_recv()
+            {
+                batch.extend_from_slice(&more);
+            }
+            if writer.write_all(&batch).await.is_err() {
                 return;
             }
-            // Write what else is ready, then flush: a TLS stream may accept bytes into its
-            // session buffer without writing them to the socket (when the socket would
-            // block), and without a flush they wait there for the next write; with nothing
-            // more to send, an answer would sit until its requester timed out.
-            while let Ok(more) = writes.try_recv() {
-                if writer.write_all(&more).await.is_err() {
-                    return;
-                }
-            }
+            batch.clear();
+            // Then flush: a TLS stream may accept bytes into its session buffer without
+            // writing them to the socket (when the socket would block), and without a flush
+            // they wait there for the next write; with nothing more to send, an answer would
+            // sit until its requester timed out.
             if writer.flush().await.is_err() {
                 return;
             }

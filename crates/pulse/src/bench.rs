@@ -1,0 +1,927 @@
+//! `pulse bench`: the distributed cache side by side with Redis (through the `redis` crate, one
+//! multiplexed connection) and with in-process caches (raw quick_cache, our store's engine, and
+//! moka), in one process run on loopback.
+//!
+//! Every scenario runs a fixed number of operations; ours and the baselines alternate within
+//! each repeat, and the table reports the median of the repeats with each figure as a ratio to
+//! its baseline and the issue's target. Memory and rebalance are measured once (a second load
+//! in the same process would reuse freed memory and flatter the figure).
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use mycorrizal::{
+    NodeId,
+    cache::{CacheBucket, WriteOptions},
+    cluster::{ClusterConfig, Node},
+    core::quorum::Consistency,
+    security::{ClusterSecret, Trust},
+    store::BucketConfig,
+};
+use serde::Serialize;
+
+use crate::progress;
+
+/// What `pulse bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Resident memory per entry, 100-byte values at RF=1, vs Redis `used_memory`.
+    Memory,
+    /// A get served by this node's replica (One), 1 and 2 threads, vs quick_cache, moka, Redis.
+    Local,
+    /// A get of a key only other nodes hold, 1 and 64 outstanding, vs Redis GET.
+    Remote,
+    /// A set at RF=3, W=Quorum, 1 and 64 outstanding, vs Redis SET.
+    Set,
+    /// A 4th node joining 3 that hold the entries: time, bytes moved, foreground p99.
+    Rebalance,
+}
+
+/// Options of `pulse bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "memory,local,remote,set,rebalance")]
+    scenarios: Vec<Scenario>,
+    /// Repeats of each timed scenario (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Entries loaded for the memory and rebalance scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    /// Multiplies every operation count (0.1 for a quick look; figures get noisier).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// The redis-server binary (installed by `scripts/bench.sh` when missing).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Run without Redis (no Redis ratios).
+    #[arg(long)]
+    no_redis: bool,
+    /// Print the results as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+const VALUE_SIZE: usize = 100;
+/// Keys in the local, remote and set scenarios.
+const KEYS: u64 = 100_000;
+
+fn key(i: u64) -> String {
+    format!("key-{i:07}")
+}
+
+/// Throughput and latency of one run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Sample {
+    ops_per_s: f64,
+    /// Microseconds; 0 where latency is not measured per operation (the local loops).
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Sample {
+    fn from_latencies(mut lat_ns: Vec<u64>, elapsed: Duration) -> Self {
+        lat_ns.sort_unstable();
+        let q = |p: f64| lat_ns[((lat_ns.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+        Sample {
+            ops_per_s: lat_ns.len() as f64 / elapsed.as_secs_f64(),
+            p50_us: q(0.50),
+            p99_us: q(0.99),
+        }
+    }
+
+    fn median(samples: &[Sample]) -> Sample {
+        let med = |f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Sample {
+            ops_per_s: med(|s| s.ops_per_s),
+            p50_us: med(|s| s.p50_us),
+            p99_us: med(|s| s.p99_us),
+        }
+    }
+}
+
+/// Every timed run, by (scenario, contender).
+#[derive(Default)]
+struct Runs {
+    samples: BTreeMap<(String, String), Vec<Sample>>,
+}
+
+impl Runs {
+    fn add(&mut self, scenario: &str, contender: &str, s: Sample) {
+        self.samples.entry((scenario.to_owned(), contender.to_owned())).or_default().push(s);
+    }
+
+    fn median(&self, scenario: &str, contender: &str) -> Option<Sample> {
+        self.samples.get(&(scenario.to_owned(), contender.to_owned())).map(|v| Sample::median(v))
+    }
+}
+
+/// One target of the issue: ours vs a baseline.
+#[derive(Debug, Serialize)]
+struct Check {
+    what: String,
+    ours: f64,
+    baseline: f64,
+    ratio: f64,
+    /// `>= x` or `<= x`.
+    target: String,
+    met: bool,
+}
+
+fn check(
+    what: &str,
+    ours: f64,
+    baseline: f64,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
+) -> Check {
+    let ratio = ours / baseline;
+    let (target, met) = match (at_least, at_most) {
+        (Some(t), _) => (format!(">= {t}x"), ratio >= t),
+        (_, Some(t)) => (format!("<= {t}x"), ratio <= t),
+        _ => (String::new(), true),
+    };
+    Check { what: what.to_owned(), ours, baseline, ratio, target, met }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct MemoryFigures {
+    entries: u64,
+    ours_bytes_per_entry: f64,
+    redis_bytes_per_entry: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RebalanceFigures {
+    entries: u64,
+    ready_after_s: f64,
+    bytes_moved: u64,
+    records_moved: u64,
+    entries_on_new_node: u64,
+    p99_before_us: f64,
+    p99_during_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: String,
+    repeats: usize,
+    scale: f64,
+    medians: Vec<MedianRow>,
+    memory: Option<MemoryFigures>,
+    rebalance: Option<RebalanceFigures>,
+    checks: Vec<Check>,
+}
+
+#[derive(Serialize)]
+struct MedianRow {
+    scenario: String,
+    contender: String,
+    #[serde(flatten)]
+    sample: Sample,
+}
+
+/// Runs the benchmark and prints the table (and JSON with `--json`).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(args.scale > 0.0, "--scale must be positive");
+    ensure!(args.entries >= 1_000, "--entries must be at least 1000");
+    let ops = |n: u64| ((n as f64 * args.scale) as u64).max(100);
+    let redis = if args.no_redis { None } else { Some(RedisServer::start(&args.redis_server)?) };
+    let mut redis_con = match &redis {
+        Some(r) => Some(r.connect().await?),
+        None => None,
+    };
+    let secret = ClusterSecret::generate();
+    let mut runs = Runs::default();
+    let mut report = Report {
+        machine: machine(),
+        repeats: args.repeats,
+        scale: args.scale,
+        medians: Vec::new(),
+        memory: None,
+        rebalance: None,
+        checks: Vec::new(),
+    };
+    let value = Bytes::from(vec![b'v'; VALUE_SIZE]);
+
+    // Memory first: a fresh heap, so the growth is not hidden by memory freed earlier.
+    if args.scenarios.contains(&Scenario::Memory) {
+        report.memory = Some(memory(&secret, args.entries, &value, redis_con.as_mut()).await?);
+    }
+
+    let timed = [Scenario::Local, Scenario::Remote, Scenario::Set];
+    if timed.iter().any(|s| args.scenarios.contains(s)) {
+        let cluster = Cluster::start(&secret, "bench", 3).await?;
+        let a = &cluster.nodes[0];
+        let rf3 = cluster.bucket("rf3", 3).await?;
+        let rf1 = cluster.bucket("rf1", 1).await?;
+        let load = progress::bar(2 * KEYS, "loading keys");
+        fill(&rf3, KEYS, &value, &load).await?;
+        fill(&rf1, KEYS, &value, &load).await?;
+        load.finish_and_clear();
+        let me = a.id().clone();
+        let remote_keys: Arc<Vec<String>> =
+            Arc::new((0..KEYS).map(key).filter(|k| !rf1.owners(k).contains(&me)).collect());
+        let local_keys: Arc<Vec<Bytes>> =
+            Arc::new((0..KEYS).map(|i| Bytes::from(key(i))).collect());
+        if let Some(con) = redis_con.as_mut() {
+            redis_fill(con, KEYS, &value).await?;
+        }
+        let qc = Arc::new(quick_cache::sync::Cache::<Bytes, Bytes>::new(KEYS as usize * 2));
+        let moka = moka::sync::Cache::<Bytes, Bytes>::new(KEYS * 2);
+        // Each cache holds its own copy of every key and value, as ours does: a lookup key
+        // from the caller never shares memory with the stored one.
+        for k in local_keys.iter() {
+            qc.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(&value));
+            moka.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(&value));
+        }
+
+        let plan: Vec<Scenario> =
+            timed.into_iter().filter(|s| args.scenarios.contains(s)).collect();
+        let steps = (args.repeats * plan.len()) as u64;
+        let bar = progress::bar(steps, "measuring");
+        for repeat in 0..args.repeats {
+            for scenario in &plan {
+                bar.set_message(format!("{scenario:?} (repeat {})", repeat + 1));
+                match scenario {
+                    Scenario::Local => {
+                        let n = ops(2_000_000);
+                        for threads in [1usize, 2] {
+                            let name = format!("local get, {threads} thread(s)");
+                            let (b, keys) = (rf3.clone(), local_keys.clone());
+                            let handle = tokio::runtime::Handle::current();
+                            let ours = tokio::task::spawn_blocking(move || {
+                                per_thread(threads, n, |t, count| {
+                                    handle.block_on(async {
+                                        for i in 0..count {
+                                            let k = &keys[spread(t, i) % keys.len()];
+                                            let v = b.get_with(k, Consistency::One).await;
+                                            assert!(matches!(v, Ok(Some(_))), "local get missed");
+                                        }
+                                    });
+                                })
+                            })
+                            .await?;
+                            runs.add(&name, "mycorrizal", ours);
+                            let (c, keys) = (qc.clone(), local_keys.clone());
+                            let raw = tokio::task::spawn_blocking(move || {
+                                per_thread(threads, n, |t, count| {
+                                    for i in 0..count {
+                                        let k = &keys[spread(t, i) % keys.len()];
+                                        assert!(c.get(k).is_some());
+                                    }
+                                })
+                            })
+                            .await?;
+                            runs.add(&name, "quick_cache", raw);
+                            let (c, keys) = (moka.clone(), local_keys.clone());
+                            let m = tokio::task::spawn_blocking(move || {
+                                per_thread(threads, n, |t, count| {
+                                    for i in 0..count {
+                                        let k = &keys[spread(t, i) % keys.len()];
+                                        assert!(c.get(k).is_some());
+                                    }
+                                })
+                            })
+                            .await?;
+                            runs.add(&name, "moka", m);
+                        }
+                        if let Some(con) = &redis_con {
+                            let s = redis_gets(con, 1, ops(20_000), KEYS).await?;
+                            runs.add("local get, 1 thread(s)", "redis", s);
+                        }
+                    }
+                    Scenario::Remote => {
+                        for (c, n) in [(1usize, ops(20_000)), (64, ops(200_000))] {
+                            let name = format!("remote get, {c} outstanding");
+                            let (b, keys) = (rf1.clone(), remote_keys.clone());
+                            let ours = measure(c, n, move |i| {
+                                let (b, keys) = (b.clone(), keys.clone());
+                                async move {
+                                    let v =
+                                        b.get_with(&keys[i % keys.len()], Consistency::One).await;
+                                    assert!(matches!(v, Ok(Some(_))), "remote get: {v:?}");
+                                }
+                            })
+                            .await;
+                            runs.add(&name, "mycorrizal", ours);
+                            if let Some(con) = &redis_con {
+                                runs.add(&name, "redis", redis_gets(con, c, n, KEYS).await?);
+                            }
+                        }
+                    }
+                    Scenario::Set => {
+                        for (c, n) in [(1usize, ops(10_000)), (64, ops(100_000))] {
+                            let name = format!("set RF=3 W=Quorum, {c} outstanding");
+                            let (b, v) = (rf3.clone(), value.clone());
+                            let ours = measure(c, n, move |i| {
+                                let (b, value) = (b.clone(), v.clone());
+                                async move {
+                                    let r = b.set_with(key(i as u64 % KEYS), value, quorum()).await;
+                                    assert!(r.is_ok(), "set: {r:?}");
+                                }
+                            })
+                            .await;
+                            runs.add(&name, "mycorrizal", ours);
+                            if let Some(con) = &redis_con {
+                                runs.add(&name, "redis", redis_sets(con, c, n, &value).await?);
+                            }
+                        }
+                    }
+                    Scenario::Memory | Scenario::Rebalance => unreachable!("not timed here"),
+                }
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        cluster.shutdown().await;
+    }
+    if let Some(con) = redis_con.as_mut() {
+        let _: () = redis::cmd("FLUSHALL").query_async(con).await?;
+    }
+
+    if args.scenarios.contains(&Scenario::Rebalance) {
+        report.rebalance = Some(rebalance(&secret, args.entries, &value).await?);
+    }
+    drop(redis);
+
+    for ((scenario, contender), samples) in &runs.samples {
+        report.medians.push(MedianRow {
+            scenario: scenario.clone(),
+            contender: contender.clone(),
+            sample: Sample::median(samples),
+        });
+    }
+    report.checks = checks(&runs, report.memory.as_ref(), report.rebalance.as_ref());
+    print_table(&report, args.json);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn quorum() -> WriteOptions {
+    WriteOptions { consistency: Some(Consistency::Quorum), ..WriteOptions::default() }
+}
+
+/// A per-thread key order: threads start far apart and stride through the keys.
+fn spread(thread: usize, i: usize) -> usize {
+    thread * 7_919 + i.wrapping_mul(40_503)
+}
+
+/// Runs `work(thread, count)` on `threads` threads sharing `total` operations; throughput.
+fn per_thread(threads: usize, total: u64, work: impl Fn(usize, usize) + Sync) -> Sample {
+    let each = (total as usize).div_ceil(threads);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let work = &work;
+            s.spawn(move || work(t, each));
+        }
+    });
+    Sample {
+        ops_per_s: (each * threads) as f64 / start.elapsed().as_secs_f64(),
+        ..Sample::default()
+    }
+}
+
+/// Runs `op(i)` for `i` in `0..total` over `concurrency` tasks; per-operation latency.
+async fn measure<F, Fut>(concurrency: usize, total: u64, op: F) -> Sample
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let total = total as usize;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..concurrency {
+        let op = op.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(total / concurrency + 1);
+            for i in (t..total).step_by(concurrency) {
+                let s = Instant::now();
+                op(i).await;
+                lat.push(s.elapsed().as_nanos() as u64);
+            }
+            lat
+        });
+    }
+    let mut all = Vec::with_capacity(total);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.expect("a benchmark task panicked"));
+    }
+    Sample::from_latencies(all, start.elapsed())
+}
+
+/// `n` in-process nodes on 127.0.0.1, mutual TLS over loopback.
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    async fn start(secret: &str, name: &str, n: usize) -> anyhow::Result<Self> {
+        let spinner = progress::spinner(&format!("starting {n} nodes"));
+        let mut nodes: Vec<Node> = Vec::new();
+        for i in 1..=n {
+            let seed = nodes.first().map(Node::addr);
+            nodes.push(start_node(secret, name, i, seed).await?);
+        }
+        for node in &nodes {
+            tokio::time::timeout(Duration::from_secs(30), wait_live(node, n))
+                .await
+                .context("the bench cluster did not form")?;
+        }
+        spinner.finish_and_clear();
+        Ok(Cluster { nodes })
+    }
+
+    async fn bucket(&self, name: &str, replicas: u32) -> anyhow::Result<CacheBucket> {
+        let config =
+            BucketConfig::builder(name).replicas(replicas).max_entries(4_000_000).build()?;
+        let bucket = self.nodes[0].cache().create_bucket(config).await?;
+        for n in &self.nodes {
+            tokio::time::timeout(Duration::from_secs(30), n.cache().ready())
+                .await
+                .context("the bench cluster's cache did not become ready")?;
+        }
+        Ok(bucket)
+    }
+
+    async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+async fn start_node(
+    secret: &str,
+    cluster: &str,
+    i: usize,
+    seed: Option<SocketAddr>,
+) -> anyhow::Result<Node> {
+    let id = NodeId::new(format!("{cluster}-{i}"))?;
+    let mut config = ClusterConfig::lan(cluster, id, SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.seeds = seed.into_iter().collect();
+    Ok(Node::builder(config).trust(Trust::cluster_secret(secret)?).start().await?)
+}
+
+async fn wait_live(node: &Node, n: usize) {
+    let mut members = node.watch_members();
+    let _ = members.wait_for(|v| v.live().count() == n).await;
+}
+
+/// Writes keys `0..n` at quorum, 64 at a time.
+async fn fill(
+    bucket: &CacheBucket,
+    n: u64,
+    value: &Bytes,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..64u64 {
+        let (b, value, bar) = (bucket.clone(), value.clone(), bar.clone());
+        tasks.spawn(async move {
+            for k in (w..n).step_by(64) {
+                b.set_with(key(k), value.clone(), quorum()).await?;
+                bar.inc(1);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Resident memory of this process, bytes (Linux `/proc/self/statm`).
+fn rss() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")
+        .context("reading /proc/self/statm (the memory scenario needs Linux)")?;
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    Ok(pages * 4096)
+}
+
+async fn memory(
+    secret: &str,
+    entries: u64,
+    value: &Bytes,
+    redis: Option<&mut redis::aio::MultiplexedConnection>,
+) -> anyhow::Result<MemoryFigures> {
+    let node = start_node(secret, "memory", 1, None).await?;
+    let config = BucketConfig::builder("memory")
+        .replicas(1)
+        .max_entries(entries * 2)
+        .max_bytes(entries * 1024)
+        .build()?;
+    let bucket = node.cache().create_bucket(config).await?;
+    node.cache().ready().await;
+    let before = rss()?;
+    let bar = progress::bar(entries, "memory: loading entries (RF=1)");
+    fill(&bucket, entries, value, &bar).await?;
+    bar.finish_and_clear();
+    let after = rss()?;
+    let held = bucket.stats().entries;
+    ensure!(held == entries, "the memory bucket holds {held} of {entries} entries");
+    let ours = after.saturating_sub(before) as f64 / entries as f64;
+    node.shutdown(Duration::from_secs(5)).await;
+    let redis_bytes = match redis {
+        Some(con) => {
+            let before = redis_used_memory(con).await?;
+            let bar = progress::bar(entries, "memory: loading Redis");
+            for chunk in (0..entries).collect::<Vec<_>>().chunks(1_000) {
+                let mut pipe = redis::pipe();
+                for &k in chunk {
+                    pipe.cmd("SET").arg(key(k)).arg(value.as_ref()).ignore();
+                }
+                let _: () = pipe.query_async(con).await?;
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            let after = redis_used_memory(con).await?;
+            let _: () = redis::cmd("FLUSHALL").query_async(con).await?;
+            Some(after.saturating_sub(before) as f64 / entries as f64)
+        }
+        None => None,
+    };
+    Ok(MemoryFigures { entries, ours_bytes_per_entry: ours, redis_bytes_per_entry: redis_bytes })
+}
+
+/// A 4th node joins 3 that hold `entries` entries at RF=3 while 16 callers on node 1 do quorum
+/// sets; their p99 for 3 s before the join and during it, until the new node is ready.
+async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<RebalanceFigures> {
+    let cluster = Cluster::start(secret, "rebalance", 3).await?;
+    let big = cluster.bucket("big", 3).await?;
+    let bar = progress::bar(entries, "rebalance: loading entries (RF=3)");
+    fill(&big, entries, value, &bar).await?;
+    bar.finish_and_clear();
+    for n in &cluster.nodes {
+        tokio::time::timeout(Duration::from_secs(120), n.cache().ready())
+            .await
+            .context("cache ready after loading")?;
+    }
+    let foreground = |stop: Arc<AtomicBool>| {
+        let (b, value) = (big.clone(), value.clone());
+        async move {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..16u64 {
+                let (b, value, stop) = (b.clone(), value.clone(), stop.clone());
+                tasks.spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = t;
+                    while !stop.load(Relaxed) {
+                        let k = key(i.wrapping_mul(2_654_435_761) % entries);
+                        let s = Instant::now();
+                        let r = b.set_with(k, value.clone(), quorum()).await;
+                        assert!(r.is_ok(), "foreground set: {r:?}");
+                        lat.push(s.elapsed().as_nanos() as u64);
+                        i += 16;
+                    }
+                    lat
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                all.extend(r.expect("a foreground task panicked"));
+            }
+            Sample::from_latencies(all, started.elapsed())
+        }
+    };
+    let spinner = progress::spinner("rebalance: foreground load, steady state (3 s)");
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = tokio::spawn(foreground(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Relaxed);
+    let before = steady.await?;
+    let sent = |nodes: &[&Node]| {
+        nodes.iter().fold((0, 0), |(r, b), n| {
+            let s = n.cache().stats();
+            // A record moves once: pushed (sent) by its holder or pulled (received) by
+            // the new owner.
+            (
+                r + s.sync_records_sent + s.sync_records_received,
+                b + s.sync_bytes_sent + s.sync_bytes_received,
+            )
+        })
+    };
+    let (records0, bytes0) = sent(&cluster.nodes.iter().collect::<Vec<_>>());
+    spinner.set_message("rebalance: a 4th node joins under the same load");
+    let start = Instant::now();
+    let fourth = start_node(secret, "rebalance", 4, Some(cluster.nodes[0].addr())).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = tokio::spawn(foreground(stop.clone()));
+    let all: Vec<&Node> = cluster.nodes.iter().chain(std::iter::once(&fourth)).collect();
+    let settled = async {
+        loop {
+            if fourth.cache().is_ready() && all.iter().all(|n| n.members().live().count() == 4) {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let took = tokio::time::timeout(Duration::from_secs(600), settled)
+        .await
+        .context("the 4th node did not become ready within 600 s")?;
+    stop.store(true, Relaxed);
+    let during = during.await?;
+    spinner.finish_and_clear();
+    let (records1, bytes1) = sent(&all);
+    let figures = RebalanceFigures {
+        entries,
+        ready_after_s: took.as_secs_f64(),
+        bytes_moved: bytes1 - bytes0,
+        records_moved: records1 - records0,
+        entries_on_new_node: fourth.cache().bucket("big")?.stats().entries,
+        p99_before_us: before.p99_us,
+        p99_during_us: during.p99_us,
+    };
+    fourth.shutdown(Duration::from_secs(5)).await;
+    cluster.shutdown().await;
+    Ok(figures)
+}
+
+/// A `redis-server` on a free loopback port, persistence off; stopped on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start(binary: &PathBuf) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args(["--loglevel", "warning", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {}: install Redis (`apt-get install redis-server`; \
+                     scripts/bench.sh does), pass --redis-server PATH, or run with --no-redis",
+                    binary.display()
+                )
+            })?;
+        let mut server = RedisServer { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let start = Instant::now();
+        while TcpStream::connect(server.addr).is_err() {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("redis-server exited at start ({status})");
+            }
+            ensure!(start.elapsed() < Duration::from_secs(10), "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    async fn connect(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(format!("redis://{}/", self.addr))?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis_fill(
+    con: &mut redis::aio::MultiplexedConnection,
+    n: u64,
+    value: &Bytes,
+) -> anyhow::Result<()> {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for &k in chunk {
+            pipe.cmd("SET").arg(key(k)).arg(value.as_ref()).ignore();
+        }
+        let _: () = pipe.query_async(con).await?;
+    }
+    Ok(())
+}
+
+async fn redis_used_memory(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory without used_memory")
+}
+
+/// GETs through one multiplexed connection shared by `concurrency` tasks.
+async fn redis_gets(
+    con: &redis::aio::MultiplexedConnection,
+    concurrency: usize,
+    n: u64,
+    keys: u64,
+) -> anyhow::Result<Sample> {
+    let con = con.clone();
+    Ok(measure(concurrency, n, move |i| {
+        let mut con = con.clone();
+        async move {
+            let k = key(spread(0, i) as u64 % keys);
+            let v: Option<Vec<u8>> =
+                redis::cmd("GET").arg(k).query_async(&mut con).await.expect("Redis GET");
+            assert!(v.is_some(), "Redis GET missed");
+        }
+    })
+    .await)
+}
+
+/// SETs of `value` through one multiplexed connection shared by `concurrency` tasks.
+async fn redis_sets(
+    con: &redis::aio::MultiplexedConnection,
+    concurrency: usize,
+    n: u64,
+    value: &Bytes,
+) -> anyhow::Result<Sample> {
+    let (con, value) = (con.clone(), value.clone());
+    Ok(measure(concurrency, n, move |i| {
+        let (mut con, value) = (con.clone(), value.clone());
+        async move {
+            let k = key(i as u64 % KEYS);
+            let _: () = redis::cmd("SET")
+                .arg(k)
+                .arg(value.as_ref())
+                .query_async(&mut con)
+                .await
+                .expect("Redis SET");
+        }
+    })
+    .await)
+}
+
+/// The issue's targets, from the medians.
+fn checks(
+    runs: &Runs,
+    memory: Option<&MemoryFigures>,
+    rebalance: Option<&RebalanceFigures>,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let ops = |s: &str, c: &str| runs.median(s, c).map(|m| m.ops_per_s);
+    let ours1 = ops("local get, 1 thread(s)", "mycorrizal");
+    if let (Some(o), Some(r)) = (ours1, ops("local get, 1 thread(s)", "redis")) {
+        out.push(check("local get ops/s vs Redis GET (1 outstanding)", o, r, Some(50.0), None));
+    }
+    for threads in [1, 2] {
+        let s = format!("local get, {threads} thread(s)");
+        if let (Some(o), Some(q)) = (ops(&s, "mycorrizal"), ops(&s, "quick_cache")) {
+            out.push(check(&format!("{s} ops/s vs raw quick_cache"), o, q, Some(0.8), None));
+        }
+        if let (Some(o), Some(m)) = (ops(&s, "mycorrizal"), ops(&s, "moka")) {
+            out.push(check(&format!("{s} ops/s vs moka"), o, m, Some(3.0), None));
+        }
+    }
+    if let (Some(o), Some(r)) = (
+        runs.median("remote get, 1 outstanding", "mycorrizal"),
+        runs.median("remote get, 1 outstanding", "redis"),
+    ) {
+        out.push(check(
+            "remote get p50 µs vs Redis GET (1 outstanding)",
+            o.p50_us,
+            r.p50_us,
+            None,
+            Some(1.0),
+        ));
+    }
+    if let (Some(o), Some(r)) = (
+        ops("remote get, 64 outstanding", "mycorrizal"),
+        ops("remote get, 64 outstanding", "redis"),
+    ) {
+        out.push(check("remote get ops/s vs Redis GET (64 outstanding)", o, r, Some(1.0), None));
+    }
+    if let (Some(o), Some(r)) = (
+        ops("set RF=3 W=Quorum, 64 outstanding", "mycorrizal"),
+        ops("set RF=3 W=Quorum, 64 outstanding", "redis"),
+    ) {
+        out.push(check(
+            "set RF=3 W=Quorum ops/s vs Redis SET (64 outstanding)",
+            o,
+            r,
+            Some(0.5),
+            None,
+        ));
+    }
+    if let Some(MemoryFigures { ours_bytes_per_entry: o, redis_bytes_per_entry: Some(r), .. }) =
+        memory
+    {
+        out.push(check("memory bytes/entry vs Redis used_memory", *o, *r, None, Some(1.0)));
+    }
+    if let Some(r) = rebalance {
+        out.push(check(
+            "rebalance foreground p99 during vs before the join",
+            r.p99_during_us,
+            r.p99_before_us,
+            None,
+            Some(2.0),
+        ));
+    }
+    out
+}
+
+/// The table: on stdout, or on stderr with `--json` (stdout is then only JSON).
+fn print_table(report: &Report, json: bool) {
+    let mut t = String::new();
+    t.push_str(&format!(
+        "\n{} — medians of {} repeat(s), scale {}\n\n",
+        report.machine, report.repeats, report.scale
+    ));
+    t.push_str(&format!(
+        "{:<36} {:<12} {:>14} {:>10} {:>10}\n",
+        "scenario", "contender", "ops/s", "p50 µs", "p99 µs"
+    ));
+    for row in &report.medians {
+        let s = row.sample;
+        let lat = |v: f64| if v > 0.0 { format!("{v:.1}") } else { "-".to_owned() };
+        t.push_str(&format!(
+            "{:<36} {:<12} {:>14.0} {:>10} {:>10}\n",
+            row.scenario,
+            row.contender,
+            s.ops_per_s,
+            lat(s.p50_us),
+            lat(s.p99_us)
+        ));
+    }
+    if let Some(m) = &report.memory {
+        t.push_str(&format!(
+            "\nmemory, {} entries of {VALUE_SIZE} B at RF=1: {:.0} B/entry resident{}\n",
+            m.entries,
+            m.ours_bytes_per_entry,
+            m.redis_bytes_per_entry
+                .map(|r| format!("; Redis used_memory {r:.0} B/entry"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(r) = &report.rebalance {
+        t.push_str(&format!(
+            "\nrebalance, 4th node joins 3 holding {} entries (RF=3): ready after {:.2} s, {} records / {:.1} MB moved, {} entries on the new node; foreground quorum-set p99 {:.0} µs before, {:.0} µs during\n",
+            r.entries,
+            r.ready_after_s,
+            r.records_moved,
+            r.bytes_moved as f64 / 1e6,
+            r.entries_on_new_node,
+            r.p99_before_us,
+            r.p99_during_us
+        ));
+    }
+    if !report.checks.is_empty() {
+        t.push_str(&format!(
+            "\n{:<56} {:>12} {:>12} {:>8} {:>8}  met\n",
+            "target", "ours", "baseline", "ratio", "target"
+        ));
+        for c in &report.checks {
+            t.push_str(&format!(
+                "{:<56} {:>12.1} {:>12.1} {:>7.2}x {:>8}  {}\n",
+                c.what,
+                c.ours,
+                c.baseline,
+                c.ratio,
+                c.target,
+                if c.met { "yes" } else { "NO" }
+            ));
+        }
+    }
+    if json {
+        eprint!("{t}");
+    } else {
+        print!("{t}");
+    }
+}
+
+/// CPU model and count, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} x {cpu}")
+}
