@@ -231,11 +231,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if timed.iter().any(|s| args.scenarios.contains(s)) {
         let cluster = Cluster::start(&secret, "bench", 3).await?;
         let a = &cluster.nodes[0];
-        let rf3 = cluster.bucket("rf3", 3).await?;
-        let rf1 = cluster.bucket("rf1", 1).await?;
+        let rf3 = cluster.bucket("rf3", 3, KEYS).await?;
+        let rf1 = cluster.bucket("rf1", 1, KEYS).await?;
         let load = progress::bar(2 * KEYS, "loading keys");
-        fill(&rf3, KEYS, &value, &load).await?;
-        fill(&rf1, KEYS, &value, &load).await?;
+        let base = Arc::new(Baselines::new(KEYS * 2)?);
+        fill(&rf3, KEYS, &value, &load, Some(&base)).await?;
+        fill(&rf1, KEYS, &value, &load, None).await?;
         load.finish_and_clear();
         let me = a.id().clone();
         let remote_keys: Arc<Vec<String>> =
@@ -245,15 +246,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(con) = redis_con.as_mut() {
             redis_fill(con, KEYS, &value).await?;
         }
-        let qc = Arc::new(quick_cache::sync::Cache::<Bytes, Bytes>::new(KEYS as usize * 2));
-        let moka = moka::sync::Cache::<Bytes, Bytes>::new(KEYS * 2);
-        // Each cache holds its own copy of every key and value, as ours does: a lookup key
-        // from the caller never shares memory with the stored one.
-        for k in local_keys.iter() {
-            qc.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(&value));
-            moka.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(&value));
-        }
-
         let plan: Vec<Scenario> =
             timed.into_iter().filter(|s| args.scenarios.contains(s)).collect();
         let steps = (args.repeats * plan.len()) as u64;
@@ -281,28 +273,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             })
                             .await?;
                             runs.add(&name, "mycorrizal", ours);
-                            let (c, keys) = (qc.clone(), local_keys.clone());
-                            let raw = tokio::task::spawn_blocking(move || {
-                                per_thread(threads, n, |t, count| {
-                                    for i in 0..count {
-                                        let k = &keys[spread(t, i) % keys.len()];
-                                        assert!(c.get(k).is_some());
-                                    }
+                            let contenders: [(&str, BaselineGet); 3] = [
+                                ("mycorrizal-store", |b, k| b.store.get(k).is_some()),
+                                ("quick_cache", |b, k| b.quick_cache.get(k).is_some()),
+                                ("moka", |b, k| b.moka.get(k).is_some()),
+                            ];
+                            for (contender, get) in contenders {
+                                let (base, keys) = (base.clone(), local_keys.clone());
+                                let sample = tokio::task::spawn_blocking(move || {
+                                    per_thread(threads, n, |t, count| {
+                                        for i in 0..count {
+                                            let k = &keys[spread(t, i) % keys.len()];
+                                            assert!(get(&base, k), "{contender} missed");
+                                        }
+                                    })
                                 })
-                            })
-                            .await?;
-                            runs.add(&name, "quick_cache", raw);
-                            let (c, keys) = (moka.clone(), local_keys.clone());
-                            let m = tokio::task::spawn_blocking(move || {
-                                per_thread(threads, n, |t, count| {
-                                    for i in 0..count {
-                                        let k = &keys[spread(t, i) % keys.len()];
-                                        assert!(c.get(k).is_some());
-                                    }
-                                })
-                            })
-                            .await?;
-                            runs.add(&name, "moka", m);
+                                .await?;
+                                runs.add(&name, contender, sample);
+                            }
                         }
                         if let Some(con) = &redis_con {
                             let s = redis_gets(con, 1, ops(20_000), KEYS).await?;
@@ -333,7 +321,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             let name = format!("set RF=3 W=Quorum, {c} outstanding");
                             let (b, v) = (rf3.clone(), value.clone());
                             let ours = measure(c, n, move |i| {
-                                let (b, value) = (b.clone(), v.clone());
+                                let (b, value) = (b.clone(), Bytes::copy_from_slice(&v));
                                 async move {
                                     let r = b.set_with(key(i as u64 % KEYS), value, quorum()).await;
                                     assert!(r.is_ok(), "set: {r:?}");
@@ -454,9 +442,10 @@ impl Cluster {
         Ok(Cluster { nodes })
     }
 
-    async fn bucket(&self, name: &str, replicas: u32) -> anyhow::Result<CacheBucket> {
+    /// A bucket for `entries` keys, sized like the in-process baselines (twice the keys).
+    async fn bucket(&self, name: &str, replicas: u32, entries: u64) -> anyhow::Result<CacheBucket> {
         let config =
-            BucketConfig::builder(name).replicas(replicas).max_entries(4_000_000).build()?;
+            BucketConfig::builder(name).replicas(replicas).max_entries(entries * 2).build()?;
         let bucket = self.nodes[0].cache().create_bucket(config).await?;
         for n in &self.nodes {
             tokio::time::timeout(Duration::from_secs(30), n.cache().ready())
@@ -496,13 +485,20 @@ async fn fill(
     n: u64,
     value: &Bytes,
     bar: &indicatif::ProgressBar,
+    baselines: Option<&Arc<Baselines>>,
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..64u64 {
         let (b, value, bar) = (bucket.clone(), value.clone(), bar.clone());
+        let baselines = baselines.cloned();
         tasks.spawn(async move {
             for k in (w..n).step_by(64) {
-                b.set_with(key(k), value.clone(), quorum()).await?;
+                // Each entry its own value, as in an application (a shared one would make
+                // every get touch one reference count).
+                b.set_with(key(k), Bytes::copy_from_slice(&value), quorum()).await?;
+                if let Some(base) = &baselines {
+                    base.insert(key(k).as_bytes(), &value);
+                }
                 bar.inc(1);
             }
             anyhow::Ok(())
@@ -512,6 +508,51 @@ async fn fill(
         r??;
     }
     Ok(())
+}
+
+/// One in-process contender's get: whether it found the key.
+type BaselineGet = fn(&Baselines, &Bytes) -> bool;
+
+/// The in-process contenders of the local get. They are filled in the same loop as our bucket,
+/// so every contender's keys and values were allocated amid the same traffic (filled alone in
+/// a tight loop, theirs would sit contiguous in memory and look better than any real cache).
+struct Baselines {
+    quick_cache: quick_cache::sync::Cache<Bytes, Bytes>,
+    moka: moka::sync::Cache<Bytes, Bytes>,
+    /// Our node-local store alone: the engine under the cluster, without placement.
+    store: mycorrizal::store::Bucket,
+    _store: mycorrizal::store::Store,
+}
+
+impl Baselines {
+    fn new(capacity: u64) -> anyhow::Result<Self> {
+        let store = mycorrizal::store::Store::new(mycorrizal::store::StoreConfig::new(
+            NodeId::new("baseline")?,
+        ));
+        let bucket =
+            store.create_bucket(BucketConfig::builder("b").max_entries(capacity).build()?)?;
+        Ok(Baselines {
+            quick_cache: quick_cache::sync::Cache::new(capacity as usize),
+            moka: moka::sync::Cache::new(capacity),
+            store: bucket,
+            _store: store,
+        })
+    }
+
+    /// Each contender gets its own copy of the key and value, as a cache holds them. A copied
+    /// `Bytes` allocates its shared reference count at its first clone: clone it here, as our
+    /// write path does, or the first timed pass would allocate every count in the order the
+    /// keys are read and later passes would walk them sequentially.
+    fn insert(&self, key: &[u8], value: &Bytes) {
+        let copy = |b: &[u8]| {
+            let b = Bytes::copy_from_slice(b);
+            drop(b.clone());
+            b
+        };
+        self.quick_cache.insert(copy(key), copy(value));
+        self.moka.insert(copy(key), copy(value));
+        let _ = self.store.set(copy(key), copy(value));
+    }
 }
 
 /// Resident memory of this process, bytes (Linux `/proc/self/statm`).
@@ -538,7 +579,7 @@ async fn memory(
     node.cache().ready().await;
     let before = rss()?;
     let bar = progress::bar(entries, "memory: loading entries (RF=1)");
-    fill(&bucket, entries, value, &bar).await?;
+    fill(&bucket, entries, value, &bar, None).await?;
     bar.finish_and_clear();
     let after = rss()?;
     let held = bucket.stats().entries;
@@ -571,9 +612,9 @@ async fn memory(
 /// sets; their p99 for 3 s before the join and during it, until the new node is ready.
 async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<RebalanceFigures> {
     let cluster = Cluster::start(secret, "rebalance", 3).await?;
-    let big = cluster.bucket("big", 3).await?;
+    let big = cluster.bucket("big", 3, entries).await?;
     let bar = progress::bar(entries, "rebalance: loading entries (RF=3)");
-    fill(&big, entries, value, &bar).await?;
+    fill(&big, entries, value, &bar, None).await?;
     bar.finish_and_clear();
     for n in &cluster.nodes {
         tokio::time::timeout(Duration::from_secs(120), n.cache().ready())
@@ -593,7 +634,7 @@ async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<
                     while !stop.load(Relaxed) {
                         let k = key(i.wrapping_mul(2_654_435_761) % entries);
                         let s = Instant::now();
-                        let r = b.set_with(k, value.clone(), quorum()).await;
+                        let r = b.set_with(k, Bytes::copy_from_slice(&value), quorum()).await;
                         assert!(r.is_ok(), "foreground set: {r:?}");
                         lat.push(s.elapsed().as_nanos() as u64);
                         i += 16;

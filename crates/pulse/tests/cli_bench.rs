@@ -36,7 +36,7 @@ fn bench_runs_every_scenario_and_reports_json() {
     };
     for threads in [1, 2] {
         let s = format!("local get, {threads} thread(s)");
-        for c in ["mycorrizal", "quick_cache", "moka"] {
+        for c in ["mycorrizal", "mycorrizal-store", "quick_cache", "moka"] {
             assert!(has(&s, c), "no {c} median for {s}");
         }
     }

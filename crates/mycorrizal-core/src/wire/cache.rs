@@ -53,6 +53,10 @@ impl From<&Record> for WireRecord {
 impl WireRecord {
     /// The record, or `None` if it is malformed (a tombstone carrying a value, or one without
     /// a purge time).
+    ///
+    /// The value is copied out of the message: decoded values are slices of the connection's
+    /// read buffer, and a stored slice would keep the whole buffer (up to 64 KiB for a
+    /// 100-byte value) alive for as long as the value lives.
     pub fn into_record(self) -> Option<Record> {
         let version = Timestamp { time: HlcTime::from_raw(self.time), node: NodeTag(self.node) };
         let expires_at_ms = (self.expires_at_ms != 0).then_some(self.expires_at_ms);
@@ -62,7 +66,8 @@ impl WireRecord {
             }
             return Some(Record { version, expires_at_ms, state: RecordState::Deleted });
         }
-        Some(Record { version, expires_at_ms, state: RecordState::Live(self.value) })
+        let value = Bytes::copy_from_slice(&self.value);
+        Some(Record { version, expires_at_ms, state: RecordState::Live(value) })
     }
 }
 
@@ -403,6 +408,28 @@ mod tests {
         assert_eq!(bad.into_record(), None);
         let no_purge = WireRecord { tombstone: true, ..Default::default() };
         assert_eq!(no_purge.into_record(), None);
+    }
+
+    /// A decoded value is a slice of the message buffer; the record must own a copy, or one
+    /// stored 100-byte value would pin a whole read buffer in memory.
+    #[test]
+    fn a_record_never_keeps_its_message_buffer_alive() {
+        let ts = Timestamp { time: HlcTime::new(1_700_000_000_000, 3), node: NodeTag(9) };
+        let entry = Entry {
+            key: Bytes::from_static(b"k"),
+            record: Some(WireRecord::from(&Record::live(ts, Bytes::from(vec![7u8; 100]), None))),
+        };
+        let mut buffer = entry.encode_to_vec();
+        buffer.resize(64 * 1024, 0); // the rest of a read buffer
+        let buffer = Bytes::from(buffer);
+        let decoded = Entry::decode(buffer.slice(..entry.encoded_len())).unwrap();
+        let wire_value = decoded.record.as_ref().unwrap().value.clone();
+        let in_buffer = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+        assert!(in_buffer(&wire_value), "prost decodes without copying (what this guards)");
+        let record = decoded.record.unwrap().into_record().unwrap();
+        let value = record.value().unwrap();
+        assert_eq!(&value[..], &[7u8; 100][..]);
+        assert!(!in_buffer(value), "the stored value must not point into the read buffer");
     }
 
     #[test]

@@ -226,20 +226,50 @@ pub fn split_message(
     request_id: u64,
     payload: Bytes,
     chunk_size: usize,
-) -> impl Iterator<Item = Frame> {
+) -> MessageFrames {
     let chunk_size = chunk_size.max(1);
     let n = payload.len().div_ceil(chunk_size).max(1);
-    (0..n).map(move |i| {
-        let start = i * chunk_size;
-        let end = (start + chunk_size).min(payload.len());
-        let part = payload.slice(start..end);
-        let flags = if i + 1 < n { Flags::MORE } else { Flags::NONE };
-        Frame {
+    MessageFrames { kind, channel, request_id, payload, chunk_size, next: 0, n }
+}
+
+/// The frames of one message, in order ([`split_message`]); slices of its payload, no copies.
+#[derive(Debug, Clone)]
+pub struct MessageFrames {
+    kind: Kind,
+    channel: Channel,
+    request_id: u64,
+    payload: Bytes,
+    chunk_size: usize,
+    next: usize,
+    n: usize,
+}
+
+impl Iterator for MessageFrames {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        if self.next == self.n {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let start = i * self.chunk_size;
+        let end = (start + self.chunk_size).min(self.payload.len());
+        let part = self.payload.slice(start..end);
+        let flags = if i + 1 < self.n { Flags::MORE } else { Flags::NONE };
+        let (kind, channel, request_id) = (self.kind, self.channel, self.request_id);
+        Some(Frame {
             header: FrameHeader { kind, channel, flags, request_id, len: part.len() as u32 },
             payload: part,
-        }
-    })
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.n - self.next, Some(self.n - self.next))
+    }
 }
+
+impl ExactSizeIterator for MessageFrames {}
 
 /// Incremental decoder: feed it the bytes read from a connection, take frames out.
 #[derive(Debug, Clone)]

@@ -17,5 +17,5 @@ pub mod messages;
 
 pub use frame::{
     Channel, DEFAULT_CHUNK_SIZE, Flags, Frame, FrameDecoder, FrameError, FrameHeader, HEADER_LEN,
-    Kind, MAX_FRAME_PAYLOAD, PROTOCOL_VERSION, Reassembler, split_message,
+    Kind, MAX_FRAME_PAYLOAD, MessageFrames, PROTOCOL_VERSION, Reassembler, split_message,
 };

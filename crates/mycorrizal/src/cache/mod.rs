@@ -302,13 +302,13 @@ impl CacheBucket {
     ) -> Result<Option<Bytes>, CacheError> {
         let rt = &self.rt;
         let rf = s.config.replicas() as usize;
-        let kh = key_hash(s.namespace(), key);
         if consistency == Consistency::One {
             // `Some` when this node holds a replica: `Some(Some(v))` when it can answer. A node
             // still filling its replica after a membership change asks a peer before answering
-            // "absent".
+            // "absent". With RF at least the live members every node holds every key: no hash.
             let local = rt.with_ring(|ring| {
-                ring.is_mine(kh, rf).then(|| {
+                let mine = rf >= ring.live.len() || ring.is_mine(key_hash(s.namespace(), key), rf);
+                mine.then(|| {
                     let v = s.local.get(key);
                     (v.is_some() || *rt.synced.borrow() == ring.generation).then_some(v)
                 })
@@ -319,6 +319,7 @@ impl CacheBucket {
             }
             let mine = local.is_some();
             let ring = rt.ring();
+            let kh = key_hash(s.namespace(), key);
             rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut last = None;
             for owner in ring.owners(kh, rf).iter().filter(|o| **o != rt.me) {
@@ -343,7 +344,7 @@ impl CacheBucket {
         }
         rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ring = rt.ring();
-        let owners = ring.owners(kh, rf);
+        let owners = ring.owners(key_hash(s.namespace(), key), rf);
         let needed = consistency.required(ring.effective_rf(rf));
         if owners.len() < needed {
             return Err(CacheError::Unavailable { needed, reachable: owners.len() });
@@ -560,8 +561,11 @@ impl CacheBucket {
         let mut tally = WriteTally::needing(targets.len(), needed);
         let mut outcome = None;
         let mut first_refusal: Option<String> = None;
-        let (tx, mut rx) = mpsc::channel(targets.len());
         let started = tokio::time::Instant::now();
+        // The remote writes run in this task (no task per replica); those still running when
+        // the outcome is known finish in one background task (`InFlight`'s drop), so late
+        // replicas still count toward replication lag and a failure still leaves a hint.
+        let mut calls = InFlight(Vec::with_capacity(targets.len()), Detached::No);
         for target in targets {
             if target == rt.me {
                 outcome = match s.local.apply(&key, record.clone()) {
@@ -573,9 +577,8 @@ impl CacheBucket {
                 };
                 continue;
             }
-            let (rt, tx, key, record, name) =
-                (rt.clone(), tx.clone(), key.clone(), record.clone(), s.name.clone());
-            tokio::spawn(async move {
+            let (rt, key, record, name) = (rt.clone(), key.clone(), record.clone(), s.name.clone());
+            calls.0.push(Some(Box::pin(async move {
                 let op = CacheOp::Write(Write {
                     bucket: name.to_string(),
                     entries: vec![Entry {
@@ -593,21 +596,34 @@ impl CacheBucket {
                     }
                     Err(_) => {}
                 }
-                let _ = tx.send(r).await;
-            });
+                r.map(|_| ())
+            })));
         }
-        drop(tx);
-        while outcome.is_none() {
-            outcome = match rx.recv().await {
-                Some(Ok(_)) => tally.ack(),
-                Some(Err(e)) if certainly_not_applied(&e) => {
-                    first_refusal.get_or_insert(e.to_string());
-                    tally.fail()
-                }
-                Some(Err(_)) => tally.unknown(),
-                None => Some(tally.deadline()),
-            };
+        if outcome.is_none() {
+            outcome = Some(
+                std::future::poll_fn(|cx| {
+                    while let Some(r) = calls.poll_next(cx) {
+                        let decided = match r {
+                            Ok(()) => tally.ack(),
+                            Err(e) if certainly_not_applied(&e) => {
+                                first_refusal.get_or_insert(e.to_string());
+                                tally.fail()
+                            }
+                            Err(_) => tally.unknown(),
+                        };
+                        if let Some(d) = decided {
+                            return std::task::Poll::Ready(d);
+                        }
+                    }
+                    if calls.is_done() {
+                        return std::task::Poll::Ready(tally.deadline());
+                    }
+                    std::task::Poll::Pending
+                })
+                .await,
+            );
         }
+        drop(calls);
         match outcome.unwrap_or_else(|| tally.deadline()) {
             WriteOutcome::Succeeded { .. } => Ok(()),
             WriteOutcome::Failed => {
@@ -734,5 +750,59 @@ impl CacheBucket {
             }
         }
         loaded
+    }
+}
+
+/// A replica write in flight (see `CacheBucket::replicate_traced`).
+type ReplicaWrite = std::pin::Pin<
+    Box<dyn Future<Output = Result<(), crate::cluster::MessagingError>> + Send + 'static>,
+>;
+
+/// Replica writes polled in the writer's task. Dropped with some still running (the write's
+/// outcome is known, or the caller gave up), they finish in one background task; that task's
+/// own `InFlight` is `detached`: dropped (the runtime is stopping), it lets them go.
+struct InFlight(Vec<Option<ReplicaWrite>>, Detached);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Detached {
+    No,
+    Yes,
+}
+
+impl InFlight {
+    /// Polls every running write; the result of one that finished, if any.
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<Result<(), crate::cluster::MessagingError>> {
+        for slot in &mut self.0 {
+            if let Some(call) = slot
+                && let std::task::Poll::Ready(r) = call.as_mut().poll(cx)
+            {
+                *slot = None;
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let rest: Vec<ReplicaWrite> = self.0.drain(..).flatten().collect();
+        if rest.is_empty() || self.1 == Detached::Yes {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let mut rest = InFlight(rest.into_iter().map(Some).collect(), Detached::Yes);
+            handle.spawn(std::future::poll_fn(move |cx| {
+                while rest.poll_next(cx).is_some() {}
+                if rest.is_done() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+            }));
+        }
     }
 }

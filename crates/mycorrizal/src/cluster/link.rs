@@ -24,8 +24,8 @@ use bytes::{Bytes, BytesMut};
 use mycorrizal_core::{
     NodeId,
     wire::{
-        Channel, DEFAULT_CHUNK_SIZE, Frame, FrameDecoder, HEADER_LEN, Kind, PROTOCOL_VERSION,
-        Reassembler,
+        Channel, DEFAULT_CHUNK_SIZE, Frame, FrameDecoder, HEADER_LEN, Kind, MessageFrames,
+        PROTOCOL_VERSION, Reassembler,
         messages::{ErrorCode, ErrorReply, Hello, HelloAck},
         split_message,
     },
@@ -656,8 +656,7 @@ async fn serve_inner(
     });
     // Messages being sent, one frame per turn each: a small request waits behind at most one
     // chunk of every large message in progress.
-    let mut outq: std::collections::VecDeque<Box<dyn Iterator<Item = Frame> + Send>> =
-        std::collections::VecDeque::new();
+    let mut outq: std::collections::VecDeque<MessageFrames> = std::collections::VecDeque::new();
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(settings.max_in_flight.max(16));
     let mut pending: std::collections::BTreeMap<
         u64,
@@ -678,21 +677,28 @@ async fn serve_inner(
             biased;
             permit = to_writer.reserve(), if !outq.is_empty() => {
                 let Ok(permit) = permit else { break false };
-                if let Some(mut message) = outq.pop_front()
-                    && let Some(frame) = message.next()
+                // One frame of each message in turn, as many turns as fit one write.
+                let mut out = BytesMut::new();
+                while out.len() < WRITE_BATCH
+                    && let Some(mut message) = outq.pop_front()
                 {
-                    links.traffic.count(Traffic::OUT, &frame);
-                    let mut out = BytesMut::with_capacity(frame.payload.len() + HEADER_LEN);
-                    frame.encode(&mut out);
-                    permit.send(out.freeze());
-                    outq.push_back(message);
+                    if let Some(frame) = message.next() {
+                        links.traffic.count(Traffic::OUT, &frame);
+                        frame.encode(&mut out);
+                        if message.len() > 0 {
+                            outq.push_back(message);
+                        }
+                    }
                 }
+                permit.send(out.freeze());
             }
             answer = answers_rx.recv() => {
                 let Some(a) = answer else { continue };
-                let frames: Vec<Frame> =
-                    split_message(a.kind, a.channel, a.request_id, a.body, DEFAULT_CHUNK_SIZE).collect();
-                outq.push_back(Box::new(frames.into_iter()));
+                outq.push_back(split_message(a.kind, a.channel, a.request_id, a.body, DEFAULT_CHUNK_SIZE));
+                // And every answer already waiting, for the same write.
+                while let Ok(a) = answers_rx.try_recv() {
+                    outq.push_back(split_message(a.kind, a.channel, a.request_id, a.body, DEFAULT_CHUNK_SIZE));
+                }
             }
             changed = shutdown.changed(), if !draining => {
                 draining = changed.is_err() || *shutdown.borrow();
@@ -711,13 +717,22 @@ async fn serve_inner(
             request = rx.recv(), if rx_open && !draining && pending.len() < settings.max_in_flight && outq.len() < 64 => {
                 // No queue feeds this connection (the pair already has a link for our
                 // requests): keep serving the peer's requests until idle.
-                let Some(o) = request else { rx_open = false; continue };
-                let id = next_id;
-                next_id += 1;
-                let frames: Vec<Frame> =
-                    split_message(Kind::Request, o.channel, id, o.payload, DEFAULT_CHUNK_SIZE).collect();
-                outq.push_back(Box::new(frames.into_iter()));
-                pending.insert(id, o.reply);
+                let Some(mut o) = request else { rx_open = false; continue };
+                // This request and every other already queued, within the limits, for the
+                // same write.
+                loop {
+                    let id = next_id;
+                    next_id += 1;
+                    outq.push_back(split_message(Kind::Request, o.channel, id, o.payload, DEFAULT_CHUNK_SIZE));
+                    pending.insert(id, o.reply);
+                    if pending.len() >= settings.max_in_flight || outq.len() >= 64 {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => o = next,
+                        Err(_) => break,
+                    }
+                }
                 idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
             }
             read = reader.read_buf(&mut buf) => {

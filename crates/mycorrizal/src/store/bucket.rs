@@ -55,13 +55,11 @@ const ASSUMED_ENTRY_WEIGHT: u64 = 512;
 
 type Engine = Cache<Key, Slot, EntryWeighter, DefaultHashBuilder, Departures>;
 
-/// Keys as stored: a boxed slice is 16 bytes against `Bytes`' 32, and keys are only cloned
-/// when an expiry is scheduled.
-type Key = Box<[u8]>;
+use super::key::Key;
 
-/// A [`Record`] as the engine stores it: 56 bytes instead of 64. With the 16-byte key this makes
-/// an engine entry 80 bytes instead of 104; a `get` of a random key is bound by cache misses,
-/// and fewer entries straddling two cache lines was measurable (see docs/BENCHMARKS.md).
+/// A [`Record`] as the engine stores it: 56 bytes instead of 64. A `get` of a random key is
+/// bound by cache misses, and fewer entries straddling two cache lines was measurable (see
+/// docs/BENCHMARKS.md); the key (`key.rs`) keeps short keys in the entry for the same reason.
 #[derive(Clone)]
 struct Slot {
     /// The value; empty for a tombstone.
@@ -449,7 +447,7 @@ impl Bucket {
     /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
     /// anti-entropy; does not count as reads.
     pub fn entries(&self) -> impl Iterator<Item = (Bytes, Record)> + '_ {
-        self.inner.engine.iter().map(|(k, s)| (Bytes::from(k), s.to_record()))
+        self.inner.engine.iter().map(|(k, s)| (Bytes::copy_from_slice(&k), s.to_record()))
     }
 
     /// A snapshot of this bucket's counters.
@@ -492,7 +490,7 @@ impl Bucket {
                 inner
                     .engine
                     .iter()
-                    .filter_map(|(k, s)| s.expires_at().map(|at| (Bytes::from(k), at))),
+                    .filter_map(|(k, s)| s.expires_at().map(|at| (Bytes::copy_from_slice(&k), at))),
             );
         }
     }

@@ -24,6 +24,7 @@ mod bucket;
 mod config;
 mod error;
 mod expiry;
+mod key;
 mod stats;
 
 use std::{
