@@ -343,7 +343,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cluster.shutdown().await;
     }
     if let Some(con) = redis_con.as_mut() {
-        let _: () = redis::cmd("FLUSHALL").query_async(con).await?;
+        let _: () = redis::cmd("FLUSHALL").arg("SYNC").query_async(con).await?;
     }
 
     if args.scenarios.contains(&Scenario::Rebalance) {
@@ -572,8 +572,9 @@ async fn memory(
     let node = start_node(secret, "memory", 1, None).await?;
     let config = BucketConfig::builder("memory")
         .replicas(1)
-        .max_entries(entries * 2)
-        .max_bytes(entries * 1024)
+        // A cache sized for what it holds, with 5 % headroom so none is evicted (Redis'
+        // tables grow to fit the same way).
+        .max_entries(entries + entries / 20)
         .build()?;
     let bucket = node.cache().create_bucket(config).await?;
     node.cache().ready().await;
@@ -600,7 +601,7 @@ async fn memory(
             }
             bar.finish_and_clear();
             let after = redis_used_memory(con).await?;
-            let _: () = redis::cmd("FLUSHALL").query_async(con).await?;
+            let _: () = redis::cmd("FLUSHALL").arg("SYNC").query_async(con).await?;
             Some(after.saturating_sub(before) as f64 / entries as f64)
         }
         None => None,
@@ -739,7 +740,11 @@ impl RedisServer {
 
     async fn connect(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(format!("redis://{}/", self.addr))?;
-        Ok(client.get_multiplexed_async_connection().await?)
+        let mut con = client.get_multiplexed_async_connection().await?;
+        // The default 500 ms is shorter than loading a million keys in pipelines takes on a
+        // busy two-core machine.
+        con.set_response_timeout(Duration::from_secs(60));
+        Ok(con)
     }
 }
 
