@@ -45,9 +45,9 @@ impl Failure {
 type Outcome = Result<(), Failure>;
 
 /// An answer from the admin API.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
@@ -151,6 +151,30 @@ impl Target {
         let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body));
         Ok((s, addr))
     }
+}
+
+/// One HTTP/1.1 request to `addr` with a bearer token, waiting at most `timeout` for each of
+/// connecting and answering; for tools that talk to many nodes (`pulse chaos`).
+pub(crate) fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse(&raw).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
 }
 
 /// Parses an HTTP/1.1 answer (Content-Length or chunked body).

@@ -7,6 +7,7 @@
 
 mod agent;
 mod bench;
+mod chaos;
 mod client;
 mod demo;
 mod progress;
@@ -35,6 +36,9 @@ enum Command {
     /// Benchmark the cache side by side with Redis, quick_cache and moka on this machine
     /// (starts what it needs on loopback; see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Chaos test: agents in network namespaces under crashes, pauses, partitions and loss;
+    /// counts lost writes (needs root, iproute2, nftables). Exit 1 if anything was lost.
+    Chaos(chaos::ChaosArgs),
     /// The cluster as a node sees it: members by state, readiness.
     Status {
         #[command(flatten)]
@@ -125,6 +129,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Command::Chaos(args) = cli.command {
+        return match chaos::run(args) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(1),
+            Err(e) => {
+                eprintln!("pulse chaos: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let (result, failure) = match cli.command {
         Command::Agent(args) => (runtime.block_on(agent::run(*args)), 2),
         Command::Demo(args) => (runtime.block_on(demo::run(args)), 1),
@@ -168,7 +182,7 @@ fn run_client(command: Command) -> Result<(), client::Failure> {
         Command::Subscribe { topic, group, target } => {
             client::subscribe(&target, &topic, group.as_deref())
         }
-        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) => {
+        Command::Agent(_) | Command::Demo(_) | Command::Bench(_) | Command::Chaos(_) => {
             unreachable!("handled by main")
         }
     }
