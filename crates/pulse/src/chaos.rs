@@ -41,7 +41,8 @@ const ADMIN_PORT: u16 = 7947;
 pub enum Mode {
     /// A few cycles of each fault, under 5 minutes (what CI runs).
     Short,
-    /// 30 partition/heal cycles and more of every other fault.
+    /// 15 cycles: 30 partition/heal cycles (15 halves, 15 lone node), 15 crashes, 15 pauses,
+    /// and two minutes of loss.
     Long,
 }
 
@@ -393,7 +394,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let mut rng = SplitMix64::new(args.seed);
     let cycles = match args.mode {
         Mode::Short => 2,
-        Mode::Long => 30,
+        Mode::Long => 15,
     };
     let mut detections: Vec<Duration> = Vec::new();
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
