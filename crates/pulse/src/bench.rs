@@ -244,7 +244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let local_keys: Arc<Vec<Bytes>> =
             Arc::new((0..KEYS).map(|i| Bytes::from(key(i))).collect());
         if let Some(con) = redis_con.as_mut() {
-            redis_fill(con, KEYS, &value).await?;
+            redis_fill(con, KEYS, &value, &indicatif::ProgressBar::hidden()).await?;
         }
         let plan: Vec<Scenario> =
             timed.into_iter().filter(|s| args.scenarios.contains(s)).collect();
@@ -591,14 +591,7 @@ async fn memory(
         Some(con) => {
             let before = redis_used_memory(con).await?;
             let bar = progress::bar(entries, "memory: loading Redis");
-            for chunk in (0..entries).collect::<Vec<_>>().chunks(1_000) {
-                let mut pipe = redis::pipe();
-                for &k in chunk {
-                    pipe.cmd("SET").arg(key(k)).arg(value.as_ref()).ignore();
-                }
-                let _: () = pipe.query_async(con).await?;
-                bar.inc(chunk.len() as u64);
-            }
+            redis_fill(con, entries, value, &bar).await?;
             bar.finish_and_clear();
             let after = redis_used_memory(con).await?;
             let _: () = redis::cmd("FLUSHALL").arg("SYNC").query_async(con).await?;
@@ -755,17 +748,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// SETs keys `0..n`, 1,000 per pipeline.
 async fn redis_fill(
     con: &mut redis::aio::MultiplexedConnection,
     n: u64,
     value: &Bytes,
+    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+    for start in (0..n).step_by(1_000) {
+        let end = (start + 1_000).min(n);
         let mut pipe = redis::pipe();
-        for &k in chunk {
+        for k in start..end {
             pipe.cmd("SET").arg(key(k)).arg(value.as_ref()).ignore();
         }
         let _: () = pipe.query_async(con).await?;
+        bar.inc(end - start);
     }
     Ok(())
 }
