@@ -572,9 +572,10 @@ async fn memory(
     let node = start_node(secret, "memory", 1, None).await?;
     let config = BucketConfig::builder("memory")
         .replicas(1)
-        // A cache sized for what it holds, with 5 % headroom so none is evicted (Redis'
-        // tables grow to fit the same way).
-        .max_entries(entries + entries / 20)
+        // A cache sized for what it holds, with headroom so none is evicted: keys spread
+        // unevenly over the engine's shards, by a few percent of a shard (Redis' tables grow
+        // to fit the same way).
+        .max_entries(entries + entries / 20 + 4096)
         .build()?;
     let bucket = node.cache().create_bucket(config).await?;
     node.cache().ready().await;
