@@ -113,6 +113,13 @@ pub struct Timestamp {
     pub node: NodeTag,
 }
 
+impl std::fmt::Display for Timestamp {
+    /// `wall_ms.logical@node` with the node tag in hex, e.g. `1800000000000.3@00000000000000ab`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}@{:016x}", self.time.wall_ms(), self.time.logical(), self.node.0)
+    }
+}
+
 /// Why a remote time was not adopted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {

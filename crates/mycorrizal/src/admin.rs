@@ -10,6 +10,7 @@
 //! | `GET /v1/members` | read | every member: id, address, state, generation |
 //! | `GET /v1/buckets` | read | declared buckets with this replica's entries and bytes |
 //! | `POST /v1/buckets` | admin | declare a bucket (JSON); 409 on a conflicting declaration |
+//! | `GET /v1/buckets/{bucket}/replica` | admin | this node's replica, streamed: one JSON line per record (`key` or `key_hex`, `version`, `tombstone`), for checking that replicas agree |
 //! | `GET /v1/cache/{bucket}/{key}` | read | the value (bytes); 404 when absent; `?consistency=one\|quorum\|all` |
 //! | `PUT /v1/cache/{bucket}/{key}` | write | store the body; `?ttl_ms=N&consistency=..` |
 //! | `DELETE /v1/cache/{bucket}/{key}` | write | delete |
@@ -242,6 +243,7 @@ fn router(state: Arc<Shared>, max_body: usize) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/members", get(members))
         .route("/v1/buckets", get(buckets).post(create_bucket))
+        .route("/v1/buckets/{bucket}/replica", get(replica))
         .route("/v1/cache/{bucket}/{key}", put(cache_set).get(cache_get).delete(cache_delete))
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/events/{topic}/stream", get(stream))
@@ -435,6 +437,51 @@ async fn buckets(State(s): St, headers: HeaderMap) -> Result<Json<serde_json::Va
     Ok(Json(serde_json::Value::Array(list)))
 }
 
+/// Every record of this node's replica of a bucket, one JSON line each, streamed from a
+/// blocking thread in 64 KiB chunks (a slow reader holds the walk, not memory).
+async fn replica(
+    State(s): St,
+    headers: HeaderMap,
+    Path(bucket): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, Role::Admin)?;
+    let b = s.node.cache().bucket(&bucket)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(CHUNK);
+        let mut open = true;
+        b.for_each_local(|key, record| {
+            if !open {
+                return;
+            }
+            let mut v = match std::str::from_utf8(key) {
+                Ok(k) => serde_json::json!({ "key": k }),
+                Err(_) => serde_json::json!({ "key_hex": hex(key) }),
+            };
+            v["version"] = format!("{}", record.version).into();
+            v["tombstone"] = record.is_tombstone().into();
+            if serde_json::to_writer(&mut buf, &v).is_ok() {
+                buf.push(b'\n');
+            }
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                open = tx.blocking_send((Bytes::from(chunk), None)).is_ok();
+            }
+        });
+        if open && !buf.is_empty() {
+            let _ = tx.blocking_send((Bytes::from(buf), None));
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(Lines::new(rx)))
+        .into_response())
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A bucket declaration as JSON.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,9 +639,27 @@ fn line(e: &crate::events::Event) -> Bytes {
     Bytes::from(v)
 }
 
+/// One chunk of a streamed body and, for a consumer group, the delivery it carries.
+type Chunk = (Bytes, Option<crate::events::Delivery>);
+
 /// A response body fed by a task through a bounded channel (a slow reader slows the
 /// subscription down: back-pressure, or `Lagged` for a lagging one, as for any subscriber).
-struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+///
+/// A group delivery is acknowledged only when the server asks for the chunk after the one
+/// carrying it, that is once its line has been handed to the connection; a body dropped
+/// before that (the client went away, the node is stopping) drops the delivery unacknowledged
+/// and the group gets it again. Acknowledging when the line entered the channel lost the
+/// lines still queued there when the connection ended.
+struct Lines {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    written: Option<crate::events::Delivery>,
+}
+
+impl Lines {
+    fn new(rx: tokio::sync::mpsc::Receiver<Chunk>) -> Self {
+        Lines { rx, written: None }
+    }
+}
 
 impl http_body::Body for Lines {
     type Data = Bytes;
@@ -604,7 +669,15 @@ impl http_body::Body for Lines {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|line| line.map(|l| Ok(http_body::Frame::data(l))))
+        if let Some(d) = self.written.take() {
+            d.ack();
+        }
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|(bytes, delivery)| {
+                self.written = delivery;
+                Ok(http_body::Frame::data(bytes))
+            })
+        })
     }
 }
 
@@ -621,7 +694,7 @@ async fn stream(
     let refused = |e: crate::events::EventsError| {
         ApiError::new(StatusCode::BAD_REQUEST, "refused", e.to_string())
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
     match p.group {
         None => {
             let mut sub = s.node.events().subscribe(&topic).await.map_err(refused)?;
@@ -638,7 +711,7 @@ async fn stream(
                             Bytes::from(v)
                         }
                     };
-                    if tx.send(next).await.is_err() {
+                    if tx.send((next, None)).await.is_err() {
                         return; // the client went away: unsubscribe
                     }
                 }
@@ -649,14 +722,13 @@ async fn stream(
                 s.node.events().subscribe_group(&topic, &group).await.map_err(refused)?;
             tokio::spawn(async move {
                 while let Ok(d) = member.recv().await {
-                    if tx.send(line(&d.event)).await.is_err() {
+                    if tx.send((line(&d.event), Some(d))).await.is_err() {
                         return; // not written: dropping `d` gives it back for redelivery
                     }
-                    d.ack();
                 }
             });
         }
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(Lines(rx)))
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::new(Lines::new(rx)))
         .into_response())
 }

@@ -93,6 +93,28 @@ impl Clock for ManualClock {
     }
 }
 
+/// Another clock moved by a fixed offset: a node whose wall clock is ahead (positive) or
+/// behind (negative), for fault injection (`pulse agent --clock-offset-ms`, the chaos harness,
+/// simulations). Saturates at the epoch and at `u64::MAX`.
+#[derive(Debug, Clone)]
+pub struct SkewedClock {
+    inner: Arc<dyn Clock>,
+    offset_ms: i64,
+}
+
+impl SkewedClock {
+    /// `inner` moved by `offset_ms`.
+    pub fn new(inner: Arc<dyn Clock>, offset_ms: i64) -> Self {
+        SkewedClock { inner, offset_ms }
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms().saturating_add_signed(self.offset_ms)
+    }
+}
+
 /// Wall time that follows tokio's clock: `start_ms` plus the time elapsed on tokio's clock since
 /// creation. Under `tokio::time::pause()` it advances only with virtual time, so simulations
 /// of many nodes in one process are deterministic.

@@ -19,7 +19,7 @@
 //! | `mycorrizal_request_failures_total` | counter | `channel`, `kind` (timeout, overloaded, connection, remote, unknown_peer, shutting_down) |
 //! | `mycorrizal_cache_ready` | gauge (0/1) | |
 //! | `mycorrizal_cache_replication_seconds` | histogram | |
-//! | `mycorrizal_cache_writes_total`, `..._writes_indeterminate_total`, `..._writes_failed_total` | counter | |
+//! | `mycorrizal_cache_writes_total`, `..._writes_indeterminate_total`, `..._writes_failed_total`, `..._writes_restamped_total` | counter | |
 //! | `mycorrizal_cache_reads_total` | counter | `source` (local, remote) |
 //! | `mycorrizal_cache_read_repairs_total`, `..._loads_total` | counter | |
 //! | `mycorrizal_cache_hints_pending`, `..._hints_pending_bytes` | gauge | |
@@ -326,6 +326,13 @@ impl Collector for Sources {
             "Writes coordinated here that may or may not have been applied",
             C,
             c.writes_indeterminate,
+        )?;
+        one(
+            &mut e,
+            "mycorrizal_cache_writes_restamped",
+            "Writes stamped again because a replica held a newer version (clock skew or a race)",
+            C,
+            c.writes_restamped,
         )?;
         one(
             &mut e,

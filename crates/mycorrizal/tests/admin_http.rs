@@ -149,6 +149,22 @@ async fn tokens_roles_and_every_route() {
     assert_eq!(call(a, "DELETE", "/v1/cache/orders/k1", Some(WRITE), b"").await.status, 200);
     assert_eq!(call(a, "GET", "/v1/cache/orders/k1", Some(READ), b"").await.status, 404);
 
+    // The replica listing: admin only, one line per record, tombstones included.
+    let r = call(a, "PUT", "/v1/cache/orders/k2", Some(WRITE), b"gadget").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(call(a, "GET", "/v1/buckets/orders/replica", Some(WRITE), b"").await.status, 403);
+    assert_eq!(call(a, "GET", "/v1/buckets/nope/replica", Some(ADMIN), b"").await.status, 404);
+    let r = call(a, "GET", "/v1/buckets/orders/replica", Some(ADMIN), b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut lines: Vec<serde_json::Value> =
+        r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.sort_by_key(|l| l["key"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(lines.len(), 2, "{}", r.text());
+    assert_eq!((&lines[0]["key"], &lines[0]["tombstone"]), (&"k1".into(), &true.into()));
+    assert_eq!((&lines[1]["key"], &lines[1]["tombstone"]), (&"k2".into(), &false.into()));
+    let version = node.cache().bucket("orders").unwrap().local_record("k2").unwrap().version;
+    assert_eq!(lines[1]["version"], version.to_string());
+
     // Cluster views.
     let r = call(a, "GET", "/v1/cluster", Some(READ), b"").await;
     assert_eq!(r.json()["members"]["alive"], 1);

@@ -4,6 +4,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -13,6 +14,7 @@ use crate::progress;
 use mycorrizal::{
     NodeId,
     admin::{AdminConfig, AdminServer, AdminToken, Role},
+    clock::{SkewedClock, SystemClock},
     cluster::{ClusterConfig, DnsSeeds, Node},
     security::{ClusterSecret, Trust},
 };
@@ -77,6 +79,11 @@ pub struct AgentArgs {
     /// Log level: error, warn, info, debug or trace. Default: `RUST_LOG`, else info.
     #[arg(long, env = "MYCORRIZAL_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Fault injection: run this node's wall clock this many milliseconds ahead (negative:
+    /// behind) of the host's, as a node with a skewed clock would (`pulse chaos` uses it).
+    /// Beyond the allowed drift (5 s) the other nodes refuse its datagrams and versions.
+    #[arg(long, allow_hyphen_values = true, hide = true)]
+    clock_offset_ms: Option<i64>,
 }
 
 impl AgentArgs {
@@ -99,7 +106,7 @@ impl AgentArgs {
             )*};
         }
         fill!(node_id, bind, advertise, cluster, admin, admin_public, dns, dns_port);
-        fill!(secret_file, token_file, preset, log_level);
+        fill!(secret_file, token_file, preset, log_level, clock_offset_ms);
         if self.seeds.is_empty() {
             self.seeds = file.seeds;
         }
@@ -194,7 +201,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let cluster = config.cluster.clone();
-    let node = Node::builder(config).trust(trust).start().await.context("starting the node")?;
+    let mut builder = Node::builder(config).trust(trust);
+    if let Some(offset) = args.clock_offset_ms.filter(|&o| o != 0) {
+        eprintln!("pulse agent: wall clock skewed by {offset} ms on purpose (--clock-offset-ms)");
+        builder = builder.clock(Arc::new(SkewedClock::new(Arc::new(SystemClock), offset)));
+    }
+    let node = builder.start().await.context("starting the node")?;
     let admin_config = AdminConfig {
         bind: args.admin.unwrap_or(AdminConfig::default().bind),
         allow_non_loopback: args.admin_public.unwrap_or(false),

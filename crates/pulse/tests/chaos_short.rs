@@ -1,9 +1,11 @@
 //! The chaos harness in its short mode (`pulse chaos --mode short`): five `pulse agent`
-//! processes in their own network namespaces, crashed, paused, partitioned and put under 10 %
-//! packet loss while four writers write unique keys at Quorum and All; then everything is
-//! healed and every key read at All. Fails if an acknowledged write was lost, a write reported
-//! failed is present, an acknowledged delete came back, or a node was declared down under loss
-//! alone. Needs root, iproute2 and nftables (CI installs them); skips with the reason elsewhere.
+//! processes in their own network namespaces under 10 % packet loss for the whole run,
+//! crashed, paused, partitioned (halves, lone node, one-way, bridge) and restarted with skewed
+//! clocks (within and beyond the drift) while four writers write unique keys at Quorum and All
+//! and two publishers feed a consumer group; then everything is healed, every key read at All
+//! and the replicas compared. Fails if an acknowledged write was lost, a write reported failed
+//! is present, an acknowledged delete came back, replicas disagree, an acknowledged event never
+//! arrived, or a reachable node was declared down. Needs root, iproute2 and nftables (CI installs them); skips with the reason elsewhere.
 
 use std::process::{Command, Stdio};
 
@@ -60,13 +62,27 @@ fn short_chaos_run_loses_nothing() {
         "lost_acknowledged_writes",
         "failed_but_present",
         "resurrected_deletes",
-        "false_down_verdicts_under_loss",
+        "divergent_keys",
+        "false_down_verdicts",
     ] {
         assert_eq!(report[must_be_zero], 0, "{must_be_zero}: {report}");
     }
     assert!(report["acknowledged"].as_u64().unwrap() > 1000, "{report}");
     assert!(report["deletes_acknowledged"].as_u64().unwrap() > 0, "{report}");
-    for fault in ["crash", "pause", "partition-halves", "partition-lone", "loss"] {
+    assert_eq!(report["events"]["lost_acknowledged"], 0, "{report}");
+    assert!(report["events"]["acknowledged"].as_u64().unwrap() > 100, "{report}");
+    assert!(report["quiet_windows_s"].as_f64().unwrap() > 20.0, "{report}");
+    assert_eq!(report["loss_percent"], 10, "loss for the whole run: {report}");
+    for fault in [
+        "crash",
+        "pause",
+        "partition-halves",
+        "partition-lone",
+        "partition-one-way",
+        "partition-bridge",
+        "clock-skew-within-drift",
+        "clock-skew-beyond-drift",
+    ] {
         assert!(report["faults"][fault].as_u64().unwrap() >= 1, "{fault}: {report}");
     }
     // The namespaces and the bridge are gone.

@@ -350,6 +350,10 @@ pub struct Written {
     /// Records refused (too large, too far in the future).
     #[prost(uint32, tag = "3")]
     pub refused: u32,
+    /// The newest version (raw `HlcTime`) among those that superseded a record of this
+    /// write; 0 when none did.
+    #[prost(fixed64, tag = "4")]
+    pub newest_time: u64,
 }
 
 /// Ranges to compare key by key.

@@ -34,7 +34,7 @@ use bytes::Bytes;
 pub use config::CacheConfig;
 pub use error::CacheError;
 use mycorrizal_core::{
-    NodeId, Record, Timestamp,
+    HlcTime, NodeId, Record, Timestamp,
     placement::key_hash,
     quorum::{Consistency, WriteOutcome, WriteTally},
     wire::cache::{
@@ -49,7 +49,12 @@ use self::{
     catalog::{BucketState, Merged, decl_of},
     runtime::{certainly_not_applied, worth_a_hint},
 };
-use crate::store::{BucketConfig, BucketStats, check_ttl};
+use crate::store::{BucketConfig, BucketStats, WriteOutcome as StoreWrite, check_ttl};
+
+/// How many times one write is stamped again after a replica held a newer version
+/// ([`CacheBucket::replicate`]). Once is enough to order it after what the replicas held; more
+/// only happens when other writes of the key race it.
+const RESTAMPS: u32 = 2;
 
 /// Counters of the distributed cache on one node (since it started), for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,6 +66,9 @@ pub struct CacheStats {
     pub writes_indeterminate: u64,
     /// Of those, failed or unavailable.
     pub writes_failed: u64,
+    /// Times a write found a newer version at a replica and was stamped again past it
+    /// (a clock behind another node's, or a racing write).
+    pub writes_restamped: u64,
     /// Reads answered from the local replica without the network.
     pub reads_local: u64,
     /// Reads that asked other nodes.
@@ -259,6 +267,14 @@ impl CacheBucket {
         self.state().local.record(key)
     }
 
+    /// Calls `f` with every record this node's replica holds (tombstones included), without
+    /// collecting them: for inspection (the admin API's replica listing) and tests.
+    pub fn for_each_local(&self, mut f: impl FnMut(&[u8], &Record)) {
+        for (key, record) in self.state().local.entries() {
+            f(&key, &record);
+        }
+    }
+
     /// Every record this node's replica holds (tombstones included), for inspection and tests.
     pub fn local_entries(&self) -> Vec<(Bytes, Record)> {
         self.state().local.entries().collect()
@@ -441,9 +457,7 @@ impl CacheBucket {
     ) -> Result<Timestamp, CacheError> {
         let s = self.state();
         let record = self.live_record(&s, key.as_ref(), value.into(), options.ttl)?;
-        let version = record.version;
-        self.replicate(&s, Bytes::copy_from_slice(key.as_ref()), record, options).await?;
-        Ok(version)
+        self.replicate(&s, Bytes::copy_from_slice(key.as_ref()), record, options).await
     }
 
     /// Stores `value` encoded as JSON.
@@ -475,7 +489,7 @@ impl CacheBucket {
         let purge_at =
             version.time.wall_ms().saturating_add(s.config.tombstone_ttl().as_millis() as u64);
         let record = Record::tombstone(version, purge_at);
-        self.replicate(&s, Bytes::copy_from_slice(key), record, options).await
+        self.replicate(&s, Bytes::copy_from_slice(key), record, options).await.map(|_| ())
     }
 
     /// Gives the current value of `key` a new TTL counted from now. Returns `false` when the
@@ -512,14 +526,14 @@ impl CacheBucket {
     }
 
     /// Sends `record` to the key's owners and waits for the consistency level's
-    /// acknowledgements.
+    /// acknowledgements; returns the version written (see [`Self::replicate_traced`]).
     async fn replicate(
         &self,
         s: &Arc<BucketState>,
         key: Bytes,
         record: Record,
         options: WriteOptions,
-    ) -> Result<(), CacheError> {
+    ) -> Result<Timestamp, CacheError> {
         use tracing::Instrument as _;
         let span = tracing::debug_span!(
             "cache.write",
@@ -530,16 +544,60 @@ impl CacheBucket {
         self.replicate_traced(s, key, record, options).instrument(span).await
     }
 
+    /// The write's rounds.
+    ///
+    /// A replica holding a newer version than the record's answers that it was superseded.
+    /// When the write succeeded that way, this node's clock moves past the newer version and
+    /// the record is stamped again and resent (at most [`RESTAMPS`] times): a write is never
+    /// acknowledged while the replicas it reached keep what was there before it. Without this a
+    /// delete issued after an acknowledged write from a node whose clock runs ahead (within the
+    /// allowed drift) would be acknowledged and lose to that write. Writes that are really
+    /// concurrent still resolve by version, last writer wins.
     async fn replicate_traced(
+        &self,
+        s: &Arc<BucketState>,
+        key: Bytes,
+        mut record: Record,
+        options: WriteOptions,
+    ) -> Result<Timestamp, CacheError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.rt.counters.writes.fetch_add(1, Relaxed);
+        let mut restamps = 0;
+        loop {
+            let newer = self.write_round(s, key.clone(), record.clone(), options).await?;
+            let Some(newer) = newer.filter(|_| restamps < RESTAMPS) else {
+                return Ok(record.version);
+            };
+            let clock = self.rt.store.clock();
+            if let Err(e) = clock.observe(newer) {
+                // Cannot happen for a time a replica accepted unless our clocks disagree by
+                // more than the drift; the write stands as superseded.
+                tracing::warn!(error = %e, "superseding version beyond our clock's drift");
+                return Ok(record.version);
+            }
+            let version = clock.tick();
+            let moved = version.time.wall_ms().saturating_sub(record.version.time.wall_ms());
+            if record.is_tombstone() {
+                // The tombstone's window counts from its version.
+                record.expires_at_ms = record.expires_at_ms.map(|t| t.saturating_add(moved));
+            }
+            record.version = version;
+            restamps += 1;
+            self.rt.counters.restamped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One round of [`Self::replicate_traced`]: the newest superseding version among the
+    /// answers that decided the outcome, if any.
+    async fn write_round(
         &self,
         s: &Arc<BucketState>,
         key: Bytes,
         record: Record,
         options: WriteOptions,
-    ) -> Result<(), CacheError> {
+    ) -> Result<Option<HlcTime>, CacheError> {
         use std::sync::atomic::Ordering::Relaxed;
         let rt = &self.rt;
-        rt.counters.writes.fetch_add(1, Relaxed);
         let consistency = options.consistency.unwrap_or(s.config.write_consistency());
         let rf = s.config.replicas() as usize;
         let ring = rt.ring();
@@ -559,6 +617,7 @@ impl CacheBucket {
             rt.add_hint(h, &s.name, &key, &record);
         }
         let mut tally = WriteTally::needing(targets.len(), needed);
+        let mut newer: Option<HlcTime> = None;
         let mut outcome = None;
         let mut first_refusal: Option<String> = None;
         let started = tokio::time::Instant::now();
@@ -569,7 +628,11 @@ impl CacheBucket {
         for target in targets {
             if target == rt.me {
                 outcome = match s.local.apply(&key, record.clone()) {
-                    Ok(_) => tally.ack(),
+                    Ok(StoreWrite::Applied) => tally.ack(),
+                    Ok(StoreWrite::Stale) => {
+                        newer = newer.max(s.local.record(&key).map(|r| r.version.time));
+                        tally.ack()
+                    }
                     Err(e) => {
                         first_refusal.get_or_insert(e.to_string());
                         tally.fail()
@@ -596,7 +659,12 @@ impl CacheBucket {
                     }
                     Err(_) => {}
                 }
-                r.map(|_| ())
+                r.map(|reply| match reply {
+                    CacheReply::Written(w) if w.newest_time != 0 => {
+                        Some(HlcTime::from_raw(w.newest_time))
+                    }
+                    _ => None,
+                })
             })));
         }
         if outcome.is_none() {
@@ -604,7 +672,10 @@ impl CacheBucket {
                 std::future::poll_fn(|cx| {
                     while let Some(r) = calls.poll_next(cx) {
                         let decided = match r {
-                            Ok(()) => tally.ack(),
+                            Ok(superseded) => {
+                                newer = newer.max(superseded);
+                                tally.ack()
+                            }
                             Err(e) if certainly_not_applied(&e) => {
                                 first_refusal.get_or_insert(e.to_string());
                                 tally.fail()
@@ -625,7 +696,7 @@ impl CacheBucket {
         }
         drop(calls);
         match outcome.unwrap_or_else(|| tally.deadline()) {
-            WriteOutcome::Succeeded { .. } => Ok(()),
+            WriteOutcome::Succeeded { .. } => Ok(newer),
             WriteOutcome::Failed => {
                 rt.counters.writes_failed.fetch_add(1, Relaxed);
                 Err(CacheError::Failed { detail: first_refusal.unwrap_or_default() })
@@ -725,7 +796,8 @@ impl CacheBucket {
                         .await
                     {
                         // Indeterminate: some owners have it; the waiters get it from the lease.
-                        Ok(()) | Err(CacheError::Indeterminate { .. }) => Some(record),
+                        Ok(version) => Some(Record { version, ..record }),
+                        Err(CacheError::Indeterminate { .. }) => Some(record),
                         Err(e) => {
                             tracing::warn!(bucket = %s.name, error = %e, "read-through value not stored");
                             None
@@ -753,9 +825,10 @@ impl CacheBucket {
     }
 }
 
-/// A replica write in flight (see `CacheBucket::replicate_traced`).
+/// A replica write in flight (see `CacheBucket::write_round`): the newer version that
+/// superseded it, if one did.
 type ReplicaWrite = std::pin::Pin<
-    Box<dyn Future<Output = Result<(), crate::cluster::MessagingError>> + Send + 'static>,
+    Box<dyn Future<Output = Result<Option<HlcTime>, crate::cluster::MessagingError>> + Send>,
 >;
 
 /// Replica writes polled in the writer's task. Dropped with some still running (the write's
@@ -774,7 +847,7 @@ impl InFlight {
     fn poll_next(
         &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> Option<Result<(), crate::cluster::MessagingError>> {
+    ) -> Option<Result<Option<HlcTime>, crate::cluster::MessagingError>> {
         for slot in &mut self.0 {
             if let Some(call) = slot
                 && let std::task::Poll::Ready(r) = call.as_mut().poll(cx)

@@ -27,11 +27,21 @@ pub(crate) struct Ring {
     /// Every member that has not left: live and down. The home replicas of a key are computed
     /// over these; a down home replica gets hints.
     pub known: Vec<NodeId>,
+    /// This node has seen another member, or it is a single-node cluster. Until then it does
+    /// not know how many members there are (see [`Ring::effective_rf`]).
+    pub joined: bool,
 }
 
 impl Ring {
-    pub fn alone(me: NodeId) -> Ring {
-        Ring { generation: 0, live: vec![me.clone()], known: vec![me.clone()], me }
+    /// The ring of a node that knows only itself; `expects_peers`: it has seeds or discovery.
+    pub fn alone(me: NodeId, expects_peers: bool) -> Ring {
+        Ring {
+            generation: 0,
+            live: vec![me.clone()],
+            known: vec![me.clone()],
+            me,
+            joined: !expects_peers,
+        }
     }
 
     /// The ring for `view`; `None` if it places keys exactly like `self`.
@@ -50,10 +60,11 @@ impl Ring {
             set.sort();
             set.dedup();
         }
-        if live == self.live && known == self.known {
+        let joined = self.joined || known.len() > 1;
+        if live == self.live && known == self.known && joined == self.joined {
             return None;
         }
-        Some(Ring { generation: self.generation + 1, me: self.me.clone(), live, known })
+        Some(Ring { generation: self.generation + 1, me: self.me.clone(), live, known, joined })
     }
 
     /// The live owners of a key: the top `rf` live members, best first.
@@ -80,7 +91,15 @@ impl Ring {
 
     /// Copies a write must reach: the replication factor, or every member that has not left
     /// when there are fewer.
+    ///
+    /// A node that has not joined yet counts the full factor: it cannot tell a one-node
+    /// cluster from a cluster it has not reached. Found by `pulse chaos`: a node whose clock
+    /// was beyond the drift never joined (every peer refused its datagrams), took itself for
+    /// the whole cluster and acknowledged writes at Quorum and All alone; killed, it lost them.
     pub fn effective_rf(&self, rf: usize) -> usize {
+        if !self.joined {
+            return rf.max(1);
+        }
         rf.min(self.known.len()).max(1)
     }
 
@@ -160,7 +179,7 @@ mod tests {
     use super::*;
 
     fn ring(me: &str, generation: u64) -> Ring {
-        let mut r = Ring::alone(NodeId::new(me).unwrap());
+        let mut r = Ring::alone(NodeId::new(me).unwrap(), false);
         r.generation = generation;
         r
     }

@@ -49,6 +49,7 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub writes_indeterminate: AtomicU64,
     pub writes_failed: AtomicU64,
+    pub restamped: AtomicU64,
     pub reads_local: crate::store::StripedCounter,
     pub reads_remote: AtomicU64,
     pub read_repairs: AtomicU64,
@@ -126,7 +127,7 @@ impl Runtime {
         view: watch::Receiver<Arc<MembershipView>>,
         expects_peers: bool,
     ) -> Arc<Self> {
-        let ring = Ring::alone(me.clone());
+        let ring = Ring::alone(me.clone(), expects_peers);
         let ring = ring.next(&view.borrow()).unwrap_or(ring);
         let generation = ring.generation;
         Arc::new(Runtime {
@@ -183,6 +184,7 @@ impl Runtime {
         CacheStats {
             writes: c.writes.load(Relaxed),
             writes_indeterminate: c.writes_indeterminate.load(Relaxed),
+            writes_restamped: c.restamped.load(Relaxed),
             writes_failed: c.writes_failed.load(Relaxed),
             reads_local: c.reads_local.get(),
             reads_remote: c.reads_remote.load(Relaxed),
@@ -278,7 +280,15 @@ impl Runtime {
                         .ok_or_else(|| (ErrorCode::BadRequest, "malformed record".to_owned()))?;
                     match b.local.apply(&e.key, record) {
                         Ok(WriteOutcome::Applied) => written.applied += 1,
-                        Ok(WriteOutcome::Stale) => written.stale += 1,
+                        Ok(WriteOutcome::Stale) => {
+                            written.stale += 1;
+                            // What superseded a caller's write, so its coordinator can order
+                            // the write after it (see `CacheBucket::replicate_traced`).
+                            if single {
+                                written.newest_time =
+                                    b.local.record(&e.key).map_or(0, |r| r.version.time.to_raw());
+                            }
+                        }
                         Err(err) if single => return Err((ErrorCode::Refused, err.to_string())),
                         Err(_) => written.refused += 1,
                     }
