@@ -516,3 +516,36 @@ async fn subscriptions_beyond_what_peers_accept_are_refused() {
     // More subscribers of a topic already subscribed to are fine.
     subs.push(ev.subscribe("t0").await.unwrap());
 }
+
+/// Found by `pulse chaos`: a node that has seen no other member yet (restarted with its clock
+/// beyond the drift, it never joined) confirmed every publish as if nobody subscribed
+/// anywhere, and the consumer group elsewhere never got those events. Until it joins, a
+/// publish waits for it (up to `publish_timeout`) and then says the rest of the cluster did
+/// not confirm. The same run showed the next race: right after joining, the routes were those
+/// of the old membership (the new peer not yet among those whose subscriptions are unknown),
+/// so a publish at that moment was confirmed and reached no one; the last publish here is
+/// made at that moment.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_has_not_joined_does_not_confirm_events_nobody_got() {
+    let sim = Sim::new(12);
+    let lonely = sim.start_with(3, |c| c.seeds = vec![addr(1)]).await; // e1 is not there yet
+    let err = lonely.events().publish("orders", payload(1)).await.unwrap_err();
+    let PublishError::Unconfirmed { missing, .. } = &err else { panic!("{err}") };
+    assert_eq!(missing.len(), 1, "{err}");
+    assert_eq!(
+        (&missing[0].target, missing[0].reason),
+        (&Target::Cluster, Reason::InterestUnknown)
+    );
+    assert!(err.to_string().contains("not joined"), "{err}");
+    // Once it has joined, the group's member elsewhere gets what it publishes.
+    let first = sim.start(1).await;
+    let mut billing = first.events().subscribe_group("orders", "billing").await.unwrap();
+    within(Duration::from_secs(60), "e3 joins", || lonely.is_joined()).await;
+    lonely.events().publish("orders", payload(2)).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(30), billing.recv())
+        .await
+        .expect("a confirmed event reaches the group")
+        .unwrap();
+    assert_eq!(d.event.payload, payload(2));
+    d.ack();
+}

@@ -84,7 +84,10 @@ impl Timing {
 }
 
 /// Keys per writer in soak mode (overwritten again and again, so memory should level off).
-const SOAK_KEYS: u64 = 25_000;
+const SOAK_KEYS: u64 = 6_250;
+/// Writer threads (each owns its keys; with loss on every link a write often waits for a TCP
+/// retransmission, so throughput comes from concurrency).
+const WRITERS: u64 = 16;
 /// Within the drift the nodes accept (5 s by default): versions from the future are adopted.
 const SKEW_WITHIN_MS: i64 = 3_000;
 /// Beyond it: the node's datagrams and versions are refused.
@@ -605,7 +608,20 @@ impl Nemesis {
             all.iter()
                 .all(|&i| all.iter().all(|&j| member_state(lab, i, j).as_deref() == Some("alive")))
         });
-        ensure!(settled, "the members did not all see each other alive within 90 s");
+        if !settled {
+            let views: Vec<String> = all
+                .iter()
+                .map(|&i| {
+                    let states: Vec<String> = all
+                        .iter()
+                        .map(|&j| format!("n{j}={}", member_state(lab, i, j).unwrap_or_default()))
+                        .collect();
+                    format!("n{i} sees {}", states.join(" "))
+                })
+                .collect();
+            self.history.record(serde_json::json!({ "check": "not-settled", "views": views }));
+            bail!("the members did not all see each other alive within 90 s: {}", views.join("; "));
+        }
         let before = down_verdicts(lab, &all);
         std::thread::sleep(d);
         let after = down_verdicts(lab, &all);
@@ -700,7 +716,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     // acknowledged write deleted; unique keys, or in soak mode a fixed key space overwritten.
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
-    for w in 0..4u64 {
+    for w in 0..WRITERS {
         let (lab, stop, history) = (lab.clone(), stop.clone(), history.clone());
         let mut rng = SplitMix64::new(args.seed ^ ((w + 1) * 0x9E37_79B9));
         writers.push(std::thread::spawn(move || {
@@ -854,6 +870,18 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         }
     } else {
         nemesis.quiet(nemesis.timing.tail)?;
+    }
+    if !soak {
+        // The last fault: two halves, healed with the loss lifted; the time to converge is
+        // counted from here.
+        let split = 1 + (rng.next_u64() % u64::from(n - 1)) as u8;
+        let (left, right): (Vec<u8>, Vec<u8>) = (1..=n).partition(|&i| i <= split);
+        let detail = serde_json::json!({ "left": left, "right": right, "last": true });
+        nemesis.partition(
+            "partition-halves",
+            detail,
+            &[(left.clone(), right.clone()), (right, left)],
+        )?;
     }
     nemesis.fault("loss-lifted", serde_json::json!({}));
     lab.set_loss(0)?;

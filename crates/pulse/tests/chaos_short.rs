@@ -1,7 +1,7 @@
 //! The chaos harness in its short mode (`pulse chaos --mode short`): five `pulse agent`
 //! processes in their own network namespaces under 10 % packet loss for the whole run,
 //! crashed, paused, partitioned (halves, lone node, one-way, bridge) and restarted with skewed
-//! clocks (within and beyond the drift) while four writers write unique keys at Quorum and All
+//! clocks (within and beyond the drift) while sixteen writers write unique keys at Quorum and All
 //! and two publishers feed a consumer group; then everything is healed, every key read at All
 //! and the replicas compared. Fails if an acknowledged write was lost, a write reported failed
 //! is present, an acknowledged delete came back, replicas disagree, an acknowledged event never

@@ -151,13 +151,15 @@ impl NodeBuilder {
         );
         let acceptor = tokio::spawn(links.clone().accept_loop());
         let store = Store::with_clock(StoreConfig::new(identity.node.clone()), self.clock.clone());
+        let expects_peers =
+            self.config.dns.is_some() || self.config.seeds.iter().any(|s| *s != advertise);
         let cache = crate::cache::Runtime::new(
             identity.node.clone(),
             self.config.cache.clone(),
             store.clone(),
             links.clone(),
             view_rx.clone(),
-            self.config.dns.is_some() || self.config.seeds.iter().any(|s| *s != advertise),
+            expects_peers,
         );
         registry.set_cache(crate::cache::CacheDispatch(Arc::downgrade(&cache)));
         let events = crate::events::Runtime::new(
@@ -167,6 +169,7 @@ impl NodeBuilder {
             links.clone(),
             view_rx.clone(),
             self.clock.clone(),
+            expects_peers,
         );
         registry.set_events(crate::events::EventsDispatch(Arc::downgrade(&events)));
         let metrics = crate::metrics::Metrics::new(

@@ -79,6 +79,9 @@ pub enum Target {
     Node(NodeId),
     /// One member of this group.
     Group(String),
+    /// Every other node: this node has not joined its cluster yet (it has seeds or discovery
+    /// but has seen no other member), so it cannot know who subscribes elsewhere.
+    Cluster,
 }
 
 impl std::fmt::Display for Target {
@@ -86,6 +89,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Node(n) => write!(f, "node {n}"),
             Target::Group(g) => write!(f, "group {g}"),
+            Target::Cluster => f.write_str("the rest of the cluster (not joined yet)"),
         }
     }
 }

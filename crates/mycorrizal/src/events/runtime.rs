@@ -176,6 +176,8 @@ pub(super) struct Dest {
 #[derive(Default)]
 pub(super) struct Routes {
     pub epoch: u64,
+    /// The membership view (its epoch) these routes were computed from.
+    pub view_epoch: u64,
     pub topics: HashMap<String, TopicRoute>,
     /// Live peers whose subscriptions are not known yet, and since when.
     pub unknown: Vec<(NodeId, Instant)>,
@@ -210,6 +212,9 @@ pub(crate) struct Stats {
 /// The event bus of one node.
 pub(crate) struct Runtime {
     pub me: NodeId,
+    /// Another member has been seen alive (or the node has no seeds: a one-node cluster).
+    /// Until then nobody's subscriptions are known; see `Runtime::publish`.
+    pub joined: AtomicBool,
     /// One per process (and per node object): streams and topic numbers restart with it.
     pub incarnation: u64,
     pub config: EventsConfig,
@@ -246,8 +251,10 @@ impl Runtime {
         links: Arc<Links>,
         view: watch::Receiver<Arc<MembershipView>>,
         clock: Arc<dyn Clock>,
+        expects_peers: bool,
     ) -> Arc<Self> {
         let rt = Arc::new(Runtime {
+            joined: AtomicBool::new(!expects_peers),
             me,
             incarnation,
             config,
@@ -324,6 +331,7 @@ impl Runtime {
                 routes.unknown.push((m.id.clone(), since));
             }
         }
+        routes.view_epoch = view.epoch;
         let mut current = write(&self.routes);
         routes.epoch = current.epoch + 1;
         *current = Arc::new(routes);

@@ -358,6 +358,18 @@ impl Runtime {
             return Err(super::EventsError::ShuttingDown.into());
         }
         let deadline = Instant::now() + self.config.publish_timeout;
+        // A node that has not joined yet knows nobody's subscriptions: publishing as if there
+        // were none would confirm events that reach no one. Found by `pulse chaos`: events
+        // published through a node restarted with its clock beyond the drift (it never
+        // joined) were confirmed and lost.
+        let joined = self.wait_joined(deadline).await;
+        if self.routes().view_epoch != self.view.borrow().epoch {
+            // Membership changed since the routes were built (a member that has just come up
+            // is not among the peers whose subscriptions are unknown yet): routing by them
+            // would skip it silently. Found by `pulse chaos`: events published through a
+            // node restarted a moment earlier were confirmed and reached no one.
+            self.rebuild_routes();
+        }
         let routes = self.interest_known(deadline).await;
         let mut missing: Vec<Unconfirmed> = routes
             .unknown
@@ -367,6 +379,9 @@ impl Runtime {
                 reason: Reason::InterestUnknown,
             })
             .collect();
+        if !joined {
+            missing.push(Unconfirmed { target: Target::Cluster, reason: Reason::InterestUnknown });
+        }
         let (seq, waits) = loop {
             match self.try_enqueue(topic, &payload, deadline, &mut missing) {
                 Ok(done) => break done,
@@ -392,7 +407,7 @@ impl Runtime {
                             _ => Reason::Timeout,
                         }
                     }
-                    Target::Node(_) => Reason::Timeout,
+                    Target::Node(_) | Target::Cluster => Reason::Timeout,
                 },
             };
             missing.push(Unconfirmed { target, reason });
@@ -405,6 +420,23 @@ impl Runtime {
             missing.sort_by(|a, b| a.target.cmp(&b.target));
             Err(PublishError::Unconfirmed { id, missing })
         }
+    }
+
+    /// Whether this node has joined its cluster, waiting for it until `deadline`.
+    async fn wait_joined(&self, deadline: Instant) -> bool {
+        if self.joined.load(Relaxed) {
+            return true;
+        }
+        let mut view = self.view.clone();
+        let me = self.me.clone();
+        let seen =
+            tokio::time::timeout_at(deadline, view.wait_for(|v| v.live().any(|m| m.id != me)))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if seen {
+            self.joined.store(true, Relaxed);
+        }
+        seen
     }
 
     /// Waits (until `deadline`, and no longer than `publish_timeout` after a peer became
