@@ -1180,3 +1180,43 @@ fn read_all(lab: &Lab, first: u8, key: &str) -> anyhow::Result<Option<String>> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(value: Option<&str>, outcome: Outcome) -> Op {
+        Op { key: "k".into(), value: value.map(str::to_owned), outcome }
+    }
+
+    fn verdict(ops: &[Op], found: Option<&str>) -> Verdicts {
+        judge(&ops.iter().collect::<Vec<_>>(), found)
+    }
+
+    #[test]
+    fn the_checker_allows_the_last_acknowledged_result_or_a_later_indeterminate_one() {
+        use Outcome::*;
+        let fine = Verdicts::default();
+        let written = [op(Some("v1"), Ok)];
+        assert_eq!(verdict(&written, Some("v1")), fine);
+        assert_eq!(verdict(&written, None), Verdicts { lost: 1, ..fine });
+        let deleted = [op(Some("v1"), Ok), op(None, Ok)];
+        assert_eq!(verdict(&deleted, None), fine);
+        assert_eq!(verdict(&deleted, Some("v1")), Verdicts { resurrected: 1, ..fine });
+        // Overwritten: the older value back is a lost write.
+        let overwritten = [op(Some("v1"), Ok), op(Some("v2"), Ok)];
+        assert_eq!(verdict(&overwritten, Some("v1")), Verdicts { lost: 1, ..fine });
+        // An indeterminate write or delete after the last acknowledged one may have applied.
+        let maybe = [op(Some("v1"), Ok), op(Some("v2"), Unknown), op(None, Unknown)];
+        assert_eq!(verdict(&maybe, Some("v1")), fine);
+        assert_eq!(verdict(&maybe, Some("v2")), Verdicts { indeterminate_present: 1, ..fine });
+        assert_eq!(verdict(&maybe, None), fine);
+        // An indeterminate write before an acknowledged one does not excuse losing the latter.
+        let before = [op(Some("v1"), Unknown), op(Some("v2"), Ok)];
+        assert_eq!(verdict(&before, Some("v1")), Verdicts { lost: 1, ..fine });
+        // Nothing acknowledged: absent is fine; a failed write's value is not.
+        let failed = [op(Some("v1"), Failed)];
+        assert_eq!(verdict(&failed, None), fine);
+        assert_eq!(verdict(&failed, Some("v1")), Verdicts { failed_present: 1, ..fine });
+    }
+}

@@ -302,10 +302,14 @@ impl Runtime {
                 if broadcast {
                     route.broadcast.push(dest.clone());
                 }
-                // A group event goes only to a live member.
-                if dest.live {
-                    for g in groups {
-                        route.groups.entry(g.to_owned()).or_default().push(dest.clone());
+                // A group event goes only to a live member; a group whose members are all
+                // held down still exists (its events are held for it, `Reason::Held`).
+                // Found by `pulse chaos`: with the group's entry left out, a publish while
+                // every member was down confirmed the event to nobody and it was lost.
+                for g in groups {
+                    let members = route.groups.entry(g.to_owned()).or_default();
+                    if dest.live {
+                        members.push(dest.clone());
                     }
                 }
             };
@@ -492,6 +496,7 @@ impl Runtime {
         let now = Instant::now();
         let mut forget = Vec::new();
         let mut down = Vec::new();
+        let mut back = false;
         {
             let mut peers = lock(&self.peers);
             for (node, k) in peers.known.iter_mut() {
@@ -499,7 +504,10 @@ impl Runtime {
                 let live = member
                     .is_some_and(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect));
                 if live {
-                    k.down_since = None;
+                    // Back from being held down (same process): its routes become live again.
+                    // Found by `pulse chaos`: without a rebuild here, group events held while
+                    // it was down stayed held after it returned, until its interest changed.
+                    back |= k.down_since.take().is_some();
                     continue;
                 }
                 down.push(node.clone());
@@ -515,7 +523,7 @@ impl Runtime {
             let live: BTreeSet<&NodeId> = view.live().map(|m| &m.id).collect();
             peers.confirmed.retain(|n, _| live.contains(n));
         }
-        if !forget.is_empty() || !down.is_empty() {
+        if back || !forget.is_empty() || !down.is_empty() {
             self.rebuild_routes();
         }
         for node in &down {
