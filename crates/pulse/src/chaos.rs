@@ -114,6 +114,9 @@ pub struct ChaosArgs {
     /// Length of `--mode soak`, in minutes.
     #[arg(long, default_value_t = 30)]
     soak_minutes: u64,
+    /// Fails on purpose once the workload runs (tests that a failed run cleans up).
+    #[arg(long, hide = true)]
+    abort_after_start: bool,
 }
 
 /// Why the harness cannot run here, if it cannot: root and the tools it needs.
@@ -153,7 +156,7 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The namespaces, bridge and veth links of one run; removed on drop.
+/// The namespaces, bridge and veth links of one run (removed by its [`Teardown`]).
 struct Lab {
     tag: String,
     subnet: u8,
@@ -164,7 +167,8 @@ struct Lab {
 }
 
 impl Lab {
-    fn create(nodes: u8) -> anyhow::Result<Lab> {
+    /// Creates the lab; the teardown removes it when dropped, also after a partial creation.
+    fn create(nodes: u8) -> anyhow::Result<(Lab, Teardown)> {
         let pid = std::process::id();
         let tag = format!("{}", pid % 100_000);
         let lab = Lab {
@@ -173,6 +177,10 @@ impl Lab {
             bridge: format!("mczb{tag}"),
             tag,
             loss: AtomicU8::new(0),
+        };
+        let teardown = Teardown {
+            namespaces: (1..=nodes).map(|i| lab.ns(i)).collect(),
+            bridge: lab.bridge.clone(),
         };
         sh(&["ip", "link", "add", &lab.bridge, "type", "bridge"])?;
         sh(&["ip", "addr", "add", &format!("{}/24", lab.host_ip()), "dev", &lab.bridge])?;
@@ -198,7 +206,7 @@ impl Lab {
                 "add chain inet chaos input { type filter hook input priority 0; policy accept; }",
             ])?;
         }
-        Ok(lab)
+        Ok((lab, teardown))
     }
 
     fn ns(&self, i: u8) -> String {
@@ -264,10 +272,19 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
+/// Removes a run's namespaces and bridge when dropped. It lives in `run`'s frame, not in the
+/// [`Lab`] the workload threads share: a run that fails while they still hold the lab (they
+/// end with the process) must clean up all the same. Found when a failed run left its
+/// namespaces behind.
+struct Teardown {
+    namespaces: Vec<String>,
+    bridge: String,
+}
+
+impl Drop for Teardown {
     fn drop(&mut self) {
-        for i in 1..=self.nodes {
-            let _ = sh(&["ip", "netns", "del", &self.ns(i)]);
+        for ns in &self.namespaces {
+            let _ = sh(&["ip", "netns", "del", ns]);
         }
         let _ = sh(&["ip", "link", "del", &self.bridge]);
     }
@@ -666,7 +683,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 .with_context(|| format!("creating {}", args.history.display()))?,
         )),
     });
-    let lab = Lab::create(args.nodes).context("creating the namespaces and bridge")?;
+    let (lab, _teardown) = Lab::create(args.nodes).context("creating the namespaces and bridge")?;
     let logs = PathBuf::from(format!("{}.logs", args.history.display()));
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
@@ -787,6 +804,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             })
         })
         .collect();
+
+    if args.abort_after_start {
+        bail!("aborted on purpose (--abort-after-start)");
+    }
 
     // The faults.
     let mut rng = SplitMix64::new(args.seed);

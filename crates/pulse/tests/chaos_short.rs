@@ -97,3 +97,34 @@ fn short_chaos_run_loses_nothing() {
     let _ = std::fs::remove_file(&history);
     let _ = std::fs::remove_dir_all(format!("{}.logs", history.display()));
 }
+
+/// A run that fails while its workload threads still run removes its namespaces and bridge all
+/// the same (they were once left behind: the lab lived in an `Arc` the threads still held).
+#[test]
+fn a_failed_chaos_run_leaves_nothing_behind() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED a_failed_chaos_run_leaves_nothing_behind: {why} (CI runs it as root)");
+        return;
+    }
+    let history = std::env::temp_dir().join(format!("chaos-abort-{}.jsonl", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["chaos", "--mode", "short", "--abort-after-start", "--history"])
+        .arg(&history)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tag = child.id() % 100_000;
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("aborted on purpose"), "{stderr}");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(!listed.contains(&format!("mczn{tag}n")), "namespaces left behind: {listed}");
+    let links = Command::new("ip").args(["link", "show"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(&format!("mczb{tag}")), "bridge left behind: {links}");
+    let _ = std::fs::remove_file(&history);
+    let _ = std::fs::remove_dir_all(format!("{}.logs", history.display()));
+}
