@@ -9,7 +9,9 @@
 
 use std::process::{Command, Stdio};
 
-fn skip_reason() -> Option<String> {
+/// Why this test cannot run here, if it cannot. `probe` names the namespace created to find
+/// out: the tests of this file run in parallel in one process, so each needs its own.
+fn skip_reason(probe: &str) -> Option<String> {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
         return Some("not root".into());
@@ -25,7 +27,7 @@ fn skip_reason() -> Option<String> {
             return Some(format!("`{tool}` is not installed"));
         }
     }
-    let probe = format!("mczt{}", std::process::id());
+    let probe = format!("mczt{}{probe}", std::process::id());
     let created =
         Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success());
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
@@ -34,7 +36,7 @@ fn skip_reason() -> Option<String> {
 
 #[test]
 fn short_chaos_run_loses_nothing() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason("s") {
         eprintln!("SKIPPED short_chaos_run_loses_nothing: {why} (CI runs it as root)");
         return;
     }
@@ -102,7 +104,7 @@ fn short_chaos_run_loses_nothing() {
 /// the same (they were once left behind: the lab lived in an `Arc` the threads still held).
 #[test]
 fn a_failed_chaos_run_leaves_nothing_behind() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason("f") {
         eprintln!("SKIPPED a_failed_chaos_run_leaves_nothing_behind: {why} (CI runs it as root)");
         return;
     }
