@@ -34,6 +34,32 @@ fn skip_reason(probe: &str) -> Option<String> {
     (!created).then(|| "network namespaces are not available".into())
 }
 
+/// `pulse chaos --mode short` with `args`; its output and the tag it names its namespaces and
+/// links after (its pid).
+fn run_chaos(args: &[&str], history: &std::path::Path) -> (std::process::Output, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["chaos", "--mode", "short"])
+        .args(args)
+        .arg("--history")
+        .arg(history)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tag = child.id() % 100_000;
+    (child.wait_with_output().unwrap(), tag)
+}
+
+/// No namespace or bridge of the run tagged `tag` is left.
+fn assert_nothing_left(tag: u32) {
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(!listed.contains(&format!("mczn{tag}n")), "namespaces left behind: {listed}");
+    let links = Command::new("ip").args(["link", "show"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(&format!("mczb{tag}")), "bridge left behind: {links}");
+}
+
 #[test]
 fn short_chaos_run_loses_nothing() {
     if let Some(why) = skip_reason("s") {
@@ -41,15 +67,7 @@ fn short_chaos_run_loses_nothing() {
         return;
     }
     let history = std::env::temp_dir().join(format!("chaos-short-{}.jsonl", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["chaos", "--mode", "short", "--seed", "7", "--history"])
-        .arg(&history)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tag = child.id() % 100_000; // the harness names its namespaces and links after its pid
-    let out = child.wait_with_output().unwrap();
+    let (out, tag) = run_chaos(&["--seed", "7"], &history);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -88,12 +106,7 @@ fn short_chaos_run_loses_nothing() {
         assert!(report["faults"][fault].as_u64().unwrap() >= 1, "{fault}: {report}");
     }
     // The namespaces and the bridge are gone.
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let listed = String::from_utf8_lossy(&netns.stdout);
-    assert!(!listed.contains(&format!("mczn{tag}n")), "namespaces left behind: {listed}");
-    let links = Command::new("ip").args(["link", "show"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains(&format!("mczb{tag}")), "bridge left behind: {links}");
+    assert_nothing_left(tag);
     let lines = std::fs::read_to_string(&history).unwrap();
     assert!(lines.lines().count() > 1000, "the history holds every operation");
     let _ = std::fs::remove_file(&history);
@@ -109,24 +122,11 @@ fn a_failed_chaos_run_leaves_nothing_behind() {
         return;
     }
     let history = std::env::temp_dir().join(format!("chaos-abort-{}.jsonl", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["chaos", "--mode", "short", "--abort-after-start", "--history"])
-        .arg(&history)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tag = child.id() % 100_000;
-    let out = child.wait_with_output().unwrap();
+    let (out, tag) = run_chaos(&["--abort-after-start"], &history);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("aborted on purpose"), "{stderr}");
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let listed = String::from_utf8_lossy(&netns.stdout);
-    assert!(!listed.contains(&format!("mczn{tag}n")), "namespaces left behind: {listed}");
-    let links = Command::new("ip").args(["link", "show"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains(&format!("mczb{tag}")), "bridge left behind: {links}");
+    assert_nothing_left(tag);
     let _ = std::fs::remove_file(&history);
     let _ = std::fs::remove_dir_all(format!("{}.logs", history.display()));
 }
