@@ -20,7 +20,7 @@ use mycorrizal_core::{
     wire::cache::{BucketDecl, WireConsistency},
 };
 
-use crate::store::{Bucket, BucketConfig, BucketName, ConfigError, Store, StoreError};
+use crate::store::{Bucket, BucketConfig, BucketName, ConfigError, Scanned, Store, StoreError};
 
 /// One declared bucket on this node: its configuration and local replica.
 pub(crate) struct BucketState {
@@ -49,15 +49,14 @@ impl BucketState {
         self.name.as_str().as_bytes()
     }
 
-    /// Every record not expired at `now_ms`, with its key's placement hash: the one walk that
-    /// digests, version exchanges and hand-offs share.
-    pub fn hashed_records(
-        &self,
-        now_ms: u64,
-    ) -> impl Iterator<Item = (u64, bytes::Bytes, mycorrizal_core::Record)> + '_ {
-        self.local.entries().filter(move |(_, r)| !r.is_expired(now_ms)).map(|(key, rec)| {
-            (mycorrizal_core::placement::key_hash(self.namespace(), &key), key, rec)
-        })
+    /// Every entry not expired at `now_ms`, with its key's placement hash: the one walk that
+    /// digests, version exchanges and hand-offs share (paced by the caller, `walk::Pace`).
+    /// Nothing is copied out of an entry until the caller keeps it.
+    pub fn hashed(&self, now_ms: u64) -> impl Iterator<Item = (u64, Scanned)> + '_ {
+        self.local
+            .scan()
+            .filter(move |e| !e.is_expired(now_ms))
+            .map(|e| (mycorrizal_core::placement::key_hash(self.namespace(), e.key()), e))
     }
 
     pub fn is_retired(&self) -> bool {

@@ -27,6 +27,7 @@ mod error;
 mod ring;
 mod runtime;
 mod sync;
+mod walk;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

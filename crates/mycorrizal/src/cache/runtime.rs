@@ -30,6 +30,7 @@ use super::{
     catalog::{BucketState, Catalog, Merged, config_of},
     config::CacheConfig,
     ring::{Ring, RingCell},
+    walk::Pace,
 };
 use crate::{
     cluster::{MembershipView, MessagingError, Responder, link::Links},
@@ -39,7 +40,12 @@ use crate::{
 /// Waiters parked on one key's lease before new ones get `Overloaded`.
 const MAX_LEASE_WAITERS: usize = 4096;
 /// Largest `newer` answer to a `Versions` request, bytes.
-const EXCHANGE_REPLY_BYTES: usize = 4 * 1024 * 1024;
+///
+/// Each answer is one walk over the whole bucket, so the budget decides how many walks a new
+/// node's first pull costs: at 4 MiB, a node joining three holding 1M entries of 100 bytes
+/// caused ~27 walks of a million entries each. Links carry messages up to 16 MiB; 12 MiB
+/// leaves room for the encoding.
+const EXCHANGE_REPLY_BYTES: usize = 12 * 1024 * 1024;
 
 pub(crate) type Refusal = (ErrorCode, String);
 
@@ -241,7 +247,10 @@ impl Runtime {
         if *to == self.me {
             return match op {
                 CacheOp::Lease(l) => self.lease(l.bucket, l.key).await.map_err(remote),
-                op => self.serve(&self.me.clone(), op).map_err(remote),
+                op @ (CacheOp::Digests(_) | CacheOp::Versions(_)) => {
+                    self.serve_walk(&self.me.clone(), op).await.map_err(remote)
+                }
+                op => self.serve(op).map_err(remote),
             };
         }
         let payload = Bytes::from(CacheRequest { op: Some(op) }.encode_to_vec());
@@ -260,8 +269,9 @@ impl Runtime {
             .ok_or_else(|| (ErrorCode::UnknownBucket, format!("no bucket {name:?} here")))
     }
 
-    /// Handles every operation that answers at once (all but `Lease`).
-    pub fn serve(self: &Arc<Self>, from: &NodeId, op: CacheOp) -> Result<CacheReply, Refusal> {
+    /// Handles every operation that answers at once (all but `Lease`, `Digests` and
+    /// `Versions`).
+    pub fn serve(self: &Arc<Self>, op: CacheOp) -> Result<CacheReply, Refusal> {
         match op {
             CacheOp::Catalog(c) => {
                 for d in &c.buckets {
@@ -300,19 +310,6 @@ impl Runtime {
                 let record = b.local.record(&r.key).map(|r| WireRecord::from(&r));
                 Ok(CacheReply::Record(Entry { key: r.key, record }))
             }
-            CacheOp::Digests(d) => {
-                let b = self.bucket(&d.bucket)?;
-                let theirs =
-                    RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
-                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
-                let ring = self.ring();
-                let ours = self.digests_for(&b, &ring, from);
-                Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
-            }
-            CacheOp::Versions(v) => {
-                let b = self.bucket(&v.bucket)?;
-                Ok(CacheReply::Exchange(self.exchange(&b, from, v)))
-            }
             CacheOp::Release(r) => {
                 let b = self.bucket(&r.bucket)?;
                 let record = match r.record {
@@ -330,7 +327,31 @@ impl Runtime {
                 self.release(b.name.clone(), r.key, record.map(|(w, _)| w));
                 Ok(CacheReply::Written(Written::default()))
             }
-            CacheOp::Lease(_) => Err((ErrorCode::BadRequest, "lease must be awaited".to_owned())),
+            CacheOp::Lease(_) | CacheOp::Digests(_) | CacheOp::Versions(_) => {
+                Err((ErrorCode::BadRequest, "operation must be awaited".to_owned()))
+            }
+        }
+    }
+
+    /// Handles the operations that walk a whole bucket (`Digests`, `Versions`); the walk is
+    /// paced (`walk::Pace`).
+    pub async fn serve_walk(&self, from: &NodeId, op: CacheOp) -> Result<CacheReply, Refusal> {
+        match op {
+            CacheOp::Digests(d) => {
+                let b = self.bucket(&d.bucket)?;
+                let theirs =
+                    RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
+                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
+                let ring = self.ring();
+                let ours = self.digests_for(&b, &ring, std::slice::from_ref(from)).await;
+                let ours = ours.into_iter().next().unwrap_or_default();
+                Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
+            }
+            CacheOp::Versions(v) => {
+                let b = self.bucket(&v.bucket)?;
+                Ok(CacheReply::Exchange(self.exchange(&b, from, v).await))
+            }
+            _ => Err((ErrorCode::BadRequest, "not a walk".to_owned())),
         }
     }
 
@@ -369,28 +390,44 @@ impl Runtime {
         }
     }
 
-    /// Range digests of the records this node holds that `peer` and this node both own.
-    pub fn digests_for(&self, b: &BucketState, ring: &Ring, peer: &NodeId) -> RangeDigests {
+    /// For each of `peers` (in order), range digests of the records this node holds that the
+    /// peer and this node both own: one paced walk for all of them.
+    pub async fn digests_for(
+        &self,
+        b: &BucketState,
+        ring: &Ring,
+        peers: &[NodeId],
+    ) -> Vec<RangeDigests> {
         let rf = b.config.replicas() as usize;
         let now = self.store.clock().now_ms();
-        let mut d = RangeDigests::default();
-        if !ring.is_live(peer) {
-            return d;
+        let mut digests = vec![RangeDigests::default(); peers.len()];
+        let live: Vec<bool> = peers.iter().map(|p| ring.is_live(p)).collect();
+        if !live.contains(&true) {
+            return digests;
         }
-        for (kh, _, rec) in b.hashed_records(now) {
-            if ring.both_own(kh, rf, &self.me, peer) {
-                d.add(kh, rec.version, rec.is_tombstone());
+        let mut pace = Pace::new();
+        for (kh, e) in b.hashed(now) {
+            pace.step().await;
+            if !ring.is_mine(kh, rf) {
+                continue;
+            }
+            for (i, peer) in peers.iter().enumerate() {
+                if live[i] && ring.both_own(kh, rf, &self.me, peer) {
+                    digests[i].add(kh, e.version(), e.is_tombstone());
+                }
             }
         }
-        d
+        digests
     }
 
     /// Answers a peer's versions: which it should send us, and what we hold that it lacks.
-    fn exchange(&self, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
+    async fn exchange(&self, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
         let now = self.store.clock().now_ms();
         let mut need = Vec::new();
         let mut theirs: HashMap<Bytes, KeyVersion> = HashMap::with_capacity(v.versions.len());
+        let mut pace = Pace::new();
         for (i, kv) in v.versions.into_iter().enumerate() {
+            pace.step().await;
             let held = b.local.record(&kv.key);
             let behind = match &held {
                 None => true,
@@ -411,21 +448,24 @@ impl Runtime {
         let ring = self.ring();
         let rf = b.config.replicas() as usize;
         let mut bytes = 0;
-        for (kh, key, rec) in b.hashed_records(now) {
+        for (kh, e) in b.hashed(now) {
+            pace.step().await;
             if !ranges.contains(&range_of(kh)) || !ring.both_own(kh, rf, &self.me, from) {
                 continue;
             }
-            let ahead = theirs.get(&key).is_none_or(|kv| {
-                (kv.time, kv.node) < (rec.version.time.to_raw(), rec.version.node.0)
-            });
+            let version = e.version();
+            let ahead = theirs
+                .get(e.key())
+                .is_none_or(|kv| (kv.time, kv.node) < (version.time.to_raw(), version.node.0));
             if ahead {
-                let size = key.len() + rec.value().map_or(0, Bytes::len) + 32;
+                let size = e.wire_size();
                 if bytes + size > EXCHANGE_REPLY_BYTES && !reply.newer.is_empty() {
                     reply.more = true;
                     break;
                 }
                 bytes += size;
-                reply.newer.push(Entry { record: Some(WireRecord::from(&rec)), key });
+                let key = e.key_bytes();
+                reply.newer.push(Entry { record: Some(WireRecord::from(&e.into_record())), key });
             }
         }
         reply
@@ -653,9 +693,9 @@ impl CacheDispatch {
                 let from = from.clone();
                 // Plain task, not spawn_blocking: under a simulation's paused clock a blocking
                 // thread would let virtual time run ahead of the work.
-                tokio::spawn(async move { answer(rt.serve(&from, op), reply) });
+                tokio::spawn(async move { answer(rt.serve_walk(&from, op).await, reply) });
             }
-            op => answer(rt.serve(from, op), reply),
+            op => answer(rt.serve(op), reply),
         }
     }
 }

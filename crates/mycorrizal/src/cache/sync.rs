@@ -25,7 +25,7 @@ use std::{
 
 use bytes::Bytes;
 use mycorrizal_core::{
-    NodeId, Record,
+    NodeId, Timestamp,
     digest::range_of,
     wire::cache::{
         CacheOp, CacheReply, Catalog as WireCatalog, Digests, Entry, KeyVersion, RangeSummary,
@@ -33,12 +33,10 @@ use mycorrizal_core::{
     },
 };
 
-use super::{catalog::BucketState, ring::Ring, runtime::Runtime};
+use super::{catalog::BucketState, ring::Ring, runtime::Runtime, walk::Pace};
 
 /// Largest batch of versions in one message, bytes (versions are small: key plus 17 bytes).
 const VERSIONS_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Entries walked between yields, so a large bucket does not hold a worker thread.
-const YIELD_EVERY: usize = 4096;
 /// Hints replayed per message.
 const HINT_BATCH: usize = 256;
 
@@ -165,9 +163,11 @@ async fn sync_bucket(
     peers: &[NodeId],
     failed: &mut BTreeSet<NodeId>,
 ) -> bool {
-    for peer in peers {
-        let digests = rt.digests_for(b, ring, peer);
-        tokio::task::yield_now().await;
+    // One walk for every peer. Records received from one peer while reconciling with another
+    // can make a later peer's digests stale: a stale range only costs a version exchange that
+    // moves nothing, and the next round compares afresh.
+    let all_digests = rt.digests_for(b, ring, peers).await;
+    for (peer, digests) in peers.iter().zip(all_digests) {
         let op = CacheOp::Digests(Digests {
             bucket: b.name.to_string(),
             ranges: digests
@@ -175,7 +175,8 @@ async fn sync_bucket(
                 .map(|(range, digest, count)| RangeSummary { range, digest, count })
                 .collect(),
         });
-        let mismatched = match rt.call(peer, op, rt.config.request_timeout).await {
+        // The peer walks the bucket (paced) to answer: more time than a single read.
+        let mismatched = match rt.call(peer, op, rt.config.request_timeout * 4).await {
             Ok(CacheReply::Mismatched(m)) => m.ranges,
             Ok(_) => {
                 failed.insert(peer.clone());
@@ -207,13 +208,16 @@ async fn versions_in(
     let now = rt.store.clock().now_ms();
     let mut by_range: BTreeMap<u32, Vec<KeyVersion>> =
         ranges.iter().map(|r| (*r, Vec::new())).collect();
-    for (i, (kh, key, rec)) in b.hashed_records(now).enumerate() {
-        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-            tokio::task::yield_now().await;
-        }
+    let mut pace = Pace::new();
+    for (kh, e) in b.hashed(now) {
+        pace.step().await;
         let r = range_of(kh);
         if wanted.contains(&r) && ring.both_own(kh, rf, &rt.me, peer) {
-            by_range.entry(r).or_default().push(version_of(key, &rec));
+            by_range.entry(r).or_default().push(version_of(
+                e.key_bytes(),
+                e.version(),
+                e.is_tombstone(),
+            ));
         }
     }
     // The engine iterates in hash order; sorted, a simulation replays exactly from its seed.
@@ -223,13 +227,8 @@ async fn versions_in(
     by_range
 }
 
-fn version_of(key: Bytes, rec: &Record) -> KeyVersion {
-    KeyVersion {
-        key,
-        time: rec.version.time.to_raw(),
-        node: rec.version.node.0,
-        tombstone: rec.is_tombstone(),
-    }
+fn version_of(key: Bytes, version: Timestamp, tombstone: bool) -> KeyVersion {
+    KeyVersion { key, time: version.time.to_raw(), node: version.node.0, tombstone }
 }
 
 /// Compares mismatched ranges key by key with `peer`: pulls what it holds newer, pushes what
@@ -369,12 +368,11 @@ async fn hand_off(
     let now = rt.store.clock().now_ms();
     let placement = leaving.unwrap_or(ring);
     // key -> (version, owners not yet confirmed)
-    let mut pending: BTreeMap<Bytes, (Record, usize)> = BTreeMap::new();
+    let mut pending: BTreeMap<Bytes, (Timestamp, usize)> = BTreeMap::new();
     let mut per_owner: BTreeMap<NodeId, Vec<KeyVersion>> = BTreeMap::new();
-    for (i, (kh, key, rec)) in b.hashed_records(now).enumerate() {
-        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-            tokio::task::yield_now().await;
-        }
+    let mut pace = Pace::new();
+    for (kh, e) in b.hashed(now) {
+        pace.step().await;
         if leaving.is_none() && placement.is_mine(kh, rf) {
             continue;
         }
@@ -383,10 +381,15 @@ async fn hand_off(
         if owners.is_empty() {
             continue;
         }
+        let (key, version, tombstone) = (e.key_bytes(), e.version(), e.is_tombstone());
         for o in &owners {
-            per_owner.entry(o.clone()).or_default().push(version_of(key.clone(), &rec));
+            per_owner.entry(o.clone()).or_default().push(version_of(
+                key.clone(),
+                version,
+                tombstone,
+            ));
         }
-        pending.insert(key, (rec, owners.len()));
+        pending.insert(key, (version, owners.len()));
     }
     if pending.is_empty() {
         return true;
@@ -424,8 +427,8 @@ async fn hand_off(
         complete &= confirmed_all;
     }
     let mut dropped = 0;
-    for (key, (rec, unconfirmed)) in pending {
-        if unconfirmed == 0 && b.local.drop_if_unchanged(&key, rec.version) {
+    for (key, (version, unconfirmed)) in pending {
+        if unconfirmed == 0 && b.local.drop_if_unchanged(&key, version) {
             dropped += 1;
         }
     }

@@ -86,13 +86,17 @@ impl Slot {
     }
 
     fn to_record(&self) -> Record {
+        self.clone().into_record()
+    }
+
+    fn into_record(self) -> Record {
         Record {
             version: self.version(),
             expires_at_ms: self.expires_at(),
             state: if self.is_tombstone() {
                 RecordState::Deleted
             } else {
-                RecordState::Live(self.value.clone())
+                RecordState::Live(self.value)
             },
         }
     }
@@ -117,6 +121,48 @@ impl Slot {
     fn is_expired(&self, now_ms: u64) -> bool {
         let at = self.meta & !TOMBSTONE_BIT;
         at != NO_EXPIRY && at <= now_ms
+    }
+}
+
+/// One entry seen by [`Bucket::scan`].
+pub(crate) struct Scanned {
+    key: Key,
+    slot: Slot,
+}
+
+impl Scanned {
+    #[inline]
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub(crate) fn key_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.key)
+    }
+
+    #[inline]
+    pub(crate) fn version(&self) -> Timestamp {
+        self.slot.version()
+    }
+
+    #[inline]
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.slot.is_tombstone()
+    }
+
+    #[inline]
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        self.slot.is_expired(now_ms)
+    }
+
+    /// Bytes this entry takes on the wire, roughly: key, value and a record header.
+    #[inline]
+    pub(crate) fn wire_size(&self) -> usize {
+        self.key.len() + self.slot.value.len() + 32
+    }
+
+    pub(crate) fn into_record(self) -> Record {
+        self.slot.into_record()
     }
 }
 
@@ -321,7 +367,7 @@ impl Bucket {
     /// The stored record of `key`, tombstones and expired values included; for replication.
     /// Does not count as a read or promote the entry.
     pub fn record(&self, key: impl AsRef<[u8]>) -> Option<Record> {
-        self.inner.engine.peek(key.as_ref()).map(|s| s.to_record())
+        self.inner.engine.peek(key.as_ref()).map(Slot::into_record)
     }
 
     /// Stores `value` under `key` with the bucket's default TTL (if any); returns the version.
@@ -447,7 +493,14 @@ impl Bucket {
     /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
     /// anti-entropy; does not count as reads.
     pub fn entries(&self) -> impl Iterator<Item = (Bytes, Record)> + '_ {
-        self.inner.engine.iter().map(|(k, s)| (Bytes::copy_from_slice(&k), s.to_record()))
+        self.scan().map(|e| (e.key_bytes(), e.into_record()))
+    }
+
+    /// Every stored entry as the engine holds it, for walks that look at most entries and keep
+    /// few (digests, version exchanges, hand-offs): nothing is allocated until the caller asks
+    /// for the key as [`Bytes`] or for the [`Record`].
+    pub(crate) fn scan(&self) -> impl Iterator<Item = Scanned> + '_ {
+        self.inner.engine.iter().map(|(key, slot)| Scanned { key, slot })
     }
 
     /// A snapshot of this bucket's counters.

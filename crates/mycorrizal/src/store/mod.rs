@@ -33,6 +33,7 @@ use std::{
     time::Duration,
 };
 
+pub(crate) use bucket::Scanned;
 pub use bucket::{Bucket, ENTRY_OVERHEAD, WriteOutcome};
 pub use config::{
     BucketConfig, BucketConfigBuilder, BucketName, Capacity, ConfigError, DEFAULT_MAX_BYTES,
