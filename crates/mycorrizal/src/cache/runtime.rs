@@ -425,6 +425,11 @@ impl Runtime {
         let now = self.store.clock().now_ms();
         let mut need = Vec::new();
         let mut theirs: HashMap<Bytes, KeyVersion> = HashMap::with_capacity(v.versions.len());
+        // A node still filling its replicas after a placement change pulls what its peers hold
+        // newer in its own round (`sync::reconcile`, the `newer` half of this exchange run the
+        // other way). Asking this peer to push the same records too moved every record of a
+        // join twice; hand-offs are the exception (only the old holder offers those keys).
+        let pulling = !v.handoff && *self.synced.borrow() != self.ring().generation;
         let mut pace = Pace::new();
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;
@@ -433,7 +438,7 @@ impl Runtime {
                 None => true,
                 Some(r) => (r.version.time.to_raw(), r.version.node.0) < (kv.time, kv.node),
             };
-            if behind {
+            if behind && !pulling {
                 need.push(i as u32);
             }
             if !v.handoff {

@@ -33,7 +33,12 @@ use mycorrizal_core::{
     },
 };
 
-use super::{catalog::BucketState, ring::Ring, runtime::Runtime, walk::Pace};
+use super::{
+    catalog::BucketState,
+    ring::Ring,
+    runtime::Runtime,
+    walk::{self, Pace},
+};
 
 /// Largest batch of versions in one message, bytes (versions are small: key plus 17 bytes).
 const VERSIONS_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -176,7 +181,7 @@ async fn sync_bucket(
                 .collect(),
         });
         // The peer walks the bucket (paced) to answer: more time than a single read.
-        let mismatched = match rt.call(peer, op, rt.config.request_timeout * 4).await {
+        let mismatched = match rt.call(peer, op, walk_timeout(rt, b)).await {
             Ok(CacheReply::Mismatched(m)) => m.ranges,
             Ok(_) => {
                 failed.insert(peer.clone());
@@ -268,7 +273,7 @@ async fn reconcile(
                 versions: versions.clone(),
                 handoff: false,
             });
-            let ex = match rt.call(peer, op, rt.config.request_timeout * 4).await {
+            let ex = match rt.call(peer, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex,
                 Ok(_) => return false,
                 Err(e) => {
@@ -405,7 +410,7 @@ async fn hand_off(
                 versions: chunk.clone(),
                 handoff: true,
             });
-            let need = match rt.call(&owner, op, rt.config.request_timeout * 4).await {
+            let need = match rt.call(&owner, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex.need,
                 _ => {
                     confirmed_all = false;
@@ -434,6 +439,12 @@ async fn hand_off(
     }
     rt.counters.handed_off.fetch_add(dropped, Relaxed);
     complete
+}
+
+/// How long a peer may take to answer a request it walks `b` for (its copy is assumed about
+/// as large as ours).
+fn walk_timeout(rt: &Runtime, b: &BucketState) -> Duration {
+    walk::walk_timeout(rt.config.request_timeout * 4, b.local.stats().entries)
 }
 
 fn chunk_versions(versions: Vec<KeyVersion>) -> Vec<Vec<KeyVersion>> {

@@ -28,6 +28,17 @@ const MAX_REST: Duration = Duration::from_millis(4);
 /// walk only yields until they add up.
 const MIN_REST: Duration = Duration::from_millis(1);
 
+/// Longest a chunk is assumed to take, resting included, on a saturated host: the basis of
+/// [`walk_timeout`].
+const SLOWEST_CHUNK: Duration = Duration::from_millis(6);
+
+/// How long to wait for a peer's answer to a request it walks a bucket of about `entries`
+/// entries to give (digests, version exchanges): `base` plus the paced walk at its slowest, so
+/// a large bucket's exchange is never cut off by a timeout sized for a single read.
+pub(crate) fn walk_timeout(base: Duration, entries: u64) -> Duration {
+    base + SLOWEST_CHUNK * u32::try_from(entries.div_ceil(CHUNK as u64)).unwrap_or(u32::MAX)
+}
+
 /// Paces one walk; see the module documentation.
 pub(crate) struct Pace {
     seen: usize,
@@ -90,6 +101,16 @@ mod tests {
         tokio::time::advance(Duration::from_millis(50)).await;
         pace.step().await;
         assert_eq!(start.elapsed(), Duration::from_millis(50) + MAX_REST);
+    }
+
+    #[test]
+    fn a_walk_timeout_grows_with_the_bucket() {
+        let base = Duration::from_secs(8);
+        assert_eq!(walk_timeout(base, 0), base);
+        assert_eq!(walk_timeout(base, 1), base + SLOWEST_CHUNK);
+        // A million entries: 977 chunks.
+        assert_eq!(walk_timeout(base, 1_000_000), base + SLOWEST_CHUNK * 977);
+        assert!(walk_timeout(base, u64::MAX) > Duration::from_secs(86_400));
     }
 
     #[tokio::test(start_paused = true)]
