@@ -18,9 +18,10 @@ pub struct CacheConfig {
     pub rebalance_delay: Duration,
     /// Upper bound on the bytes per second this node moves (sends and pulls) for rebalancing
     /// and anti-entropy, so foreground requests keep their latency. Default 4 MiB/s: on a
-    /// 2-vCPU host running four nodes, a join at 4 MiB/s kept foreground quorum-set p99 within
-    /// 1.7x of steady state, at 8 MiB/s it reached 3x (docs/BENCHMARKS.md). Raise it on
-    /// larger machines to rebalance faster.
+    /// 2-vCPU host running four nodes, a join into 200,000 entries at 4 MiB/s kept foreground
+    /// quorum-set p99 within 1.7x of steady state, at 8 MiB/s it reached 3x; into 1,000,000
+    /// entries the walks over every entry cost more than the bytes and p99 reached 5x
+    /// (docs/BENCHMARKS.md). Raise it on larger machines to rebalance faster.
     pub sync_rate: u64,
     /// Largest batch of records in one rebalancing message. Default 1 MiB.
     pub sync_batch_bytes: usize,
