@@ -289,7 +289,10 @@ async fn reconcile(
                 .map(|e| e.key.len() + e.record.as_ref().map_or(0, |r| r.value.len()) + 32)
                 .sum();
             rt.throttle_pull(pulled).await;
+            // An answer holds up to 12 MiB of records: applied in paced chunks, like a walk.
+            let mut pace = Pace::new();
             for e in &ex.newer {
+                pace.step().await;
                 if let Some(rec) = e.record.clone().and_then(WireRecord::into_record)
                     && b.local.apply(&e.key, rec).is_ok()
                 {
