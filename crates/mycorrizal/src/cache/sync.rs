@@ -7,14 +7,16 @@
 //!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
 //!    the peer answers with the keys it needs and the records it holds newer. Only differences
 //!    move. A node that just joined holds nothing, so every shared range differs and it pulls
-//!    what it owns from each peer.
+//!    what it owns from each peer; while it fills, it asks its peers for nothing in their own
+//!    rounds (it pulls the same records in its own).
 //! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
 //!    the records they lack are sent, and the key is dropped only once every owner confirmed
 //!    it holds that version or newer.
 //!
 //! Rounds run after membership has been still for `rebalance_delay`, every
 //! `anti_entropy_interval`, and when a bucket is declared. All sending goes through one
-//! throttle (`sync_rate`). A round that reached every peer for an unchanged placement marks the
+//! throttle (`sync_rate`); every walk over a bucket, here and where a peer's request is
+//! answered, is paced ([`super::walk`]). A round that reached every peer for an unchanged placement marks the
 //! node ready.
 
 use std::{
