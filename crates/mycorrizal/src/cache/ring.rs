@@ -77,16 +77,19 @@ impl Ring {
         placement::owners_of_hash(key_hash, &self.known, rf).into_iter().cloned().collect()
     }
 
+    /// Whether `node` is a live owner of the key.
+    pub fn owns(&self, key_hash: u64, rf: usize, node: &NodeId) -> bool {
+        rf >= self.live.len() || placement::is_owner(key_hash, node, &self.live, rf)
+    }
+
     /// Whether this node is a live owner of the key.
     pub fn is_mine(&self, key_hash: u64, rf: usize) -> bool {
-        rf >= self.live.len() || placement::is_owner(key_hash, &self.me, &self.live, rf)
+        self.owns(key_hash, rf, &self.me)
     }
 
     /// Whether `a` and `b` both own the key among the live members.
     pub fn both_own(&self, key_hash: u64, rf: usize, a: &NodeId, b: &NodeId) -> bool {
-        rf >= self.live.len()
-            || (placement::is_owner(key_hash, a, &self.live, rf)
-                && placement::is_owner(key_hash, b, &self.live, rf))
+        self.owns(key_hash, rf, a) && self.owns(key_hash, rf, b)
     }
 
     /// Copies a write must reach: the replication factor, or every member that has not left

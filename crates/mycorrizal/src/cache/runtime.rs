@@ -412,7 +412,7 @@ impl Runtime {
                 continue;
             }
             for (i, peer) in peers.iter().enumerate() {
-                if live[i] && ring.both_own(kh, rf, &self.me, peer) {
+                if live[i] && ring.owns(kh, rf, peer) {
                     digests[i].add(kh, e.version(), e.is_tombstone());
                 }
             }

@@ -78,16 +78,20 @@ impl Pace {
 mod tests {
     use super::*;
 
+    /// Steps `pace` through one chunk whose work takes `took` of the (paused) clock.
+    async fn chunk(pace: &mut Pace, took: Duration) {
+        for _ in 0..CHUNK - 1 {
+            pace.step().await;
+        }
+        tokio::time::advance(took).await;
+        pace.step().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_busy_walk_rests_twice_as_long_as_it_worked() {
         let mut pace = Pace::new();
         let start = Instant::now();
-        for _ in 0..CHUNK - 1 {
-            pace.step().await;
-        }
-        // Stand-in for a chunk's work: 1 ms of the (paused) clock.
-        tokio::time::advance(Duration::from_millis(1)).await;
-        pace.step().await;
+        chunk(&mut pace, Duration::from_millis(1)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(1 + 2));
     }
 
@@ -95,11 +99,7 @@ mod tests {
     async fn a_chunk_slowed_by_a_saturated_host_owes_at_most_the_longest_rest() {
         let mut pace = Pace::new();
         let start = Instant::now();
-        for _ in 0..CHUNK - 1 {
-            pace.step().await;
-        }
-        tokio::time::advance(Duration::from_millis(50)).await;
-        pace.step().await;
+        chunk(&mut pace, Duration::from_millis(50)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(50) + MAX_REST);
     }
 
@@ -130,11 +130,7 @@ mod tests {
         // Two chunks of 300 µs: 600 µs owed after the first (only a yield), 1.2 ms after the
         // second (a sleep).
         for _ in 0..2 {
-            for _ in 0..CHUNK - 1 {
-                pace.step().await;
-            }
-            tokio::time::advance(Duration::from_micros(300)).await;
-            pace.step().await;
+            chunk(&mut pace, Duration::from_micros(300)).await;
         }
         // (A timer fires on a millisecond tick, so the sleep may end up to 1 ms late.)
         let took = start.elapsed();
