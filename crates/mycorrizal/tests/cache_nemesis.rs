@@ -388,11 +388,7 @@ impl tracing::Subscriber for Recorder {
 
 fn run_one(seed: u64) -> Report {
     let recorder = Arc::new(Recorder { lines: Mutex::default(), start: Mutex::default() });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = mycorrizal_testkit::sim::runtime(seed);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tracing::subscriber::with_default(recorder.clone(), || rt.block_on(run_seed(seed)))
     }));

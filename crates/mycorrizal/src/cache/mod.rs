@@ -201,6 +201,7 @@ impl Cache {
         let mut generation = self.rt.generation.subscribe();
         while !self.is_ready() {
             tokio::select! {
+                biased;
                 r = synced.changed() => if r.is_err() { return },
                 r = generation.changed() => if r.is_err() { return },
             }

@@ -88,13 +88,18 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                 // Something was unreachable or placement moved under us: go again soon.
                 due = true;
                 tokio::select! {
-                    _ = tokio::time::sleep(rt.config.hint_replay_interval) => {}
+                    biased;
                     _ = view.changed() => {}
+                    _ = tokio::time::sleep(rt.config.hint_replay_interval) => {}
                 }
                 continue;
             }
         }
+        // Every select here is biased: a fixed order keeps simulations deterministic (tokio
+        // otherwise picks among ready branches at random), and none of the branches is ready
+        // so often that it could starve the ones after it.
         tokio::select! {
+            biased;
             changed = view.changed() => {
                 if changed.is_err() {
                     return;
@@ -103,15 +108,16 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                 loop {
                     let still = tokio::time::sleep(rt.config.rebalance_delay);
                     tokio::select! {
-                        _ = still => break,
+                        biased;
                         c = view.changed() => if c.is_err() { return },
+                        _ = still => break,
                     }
                 }
                 due = rt.refresh_ring() || due;
                 replay_hints(&rt).await;
             }
-            _ = ae.tick() => due = true,
             _ = rt.kick.notified() => due = true,
+            _ = ae.tick() => due = true,
             _ = hints.tick() => replay_hints(&rt).await,
         }
     }

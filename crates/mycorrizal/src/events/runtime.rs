@@ -480,6 +480,7 @@ impl Runtime {
             let ok = self.exchange_round(all, deadline).await;
             let wake = if ok { next_full } else { (Instant::now() + retry).min(next_full) };
             tokio::select! {
+                biased; // a fixed order keeps simulations deterministic
                 changed = view.changed() => if changed.is_err() { return },
                 _ = self.exchange_now.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
