@@ -587,3 +587,72 @@ async fn events_published_while_every_group_member_is_down_are_held_not_dropped(
     .await;
     assert!(arrived.is_ok(), "the held event reaches the member once it is back");
 }
+
+/// Found by `pulse chaos --seed 7` in CI (24 acknowledged events lost) and reproduced here: a
+/// node restarted with its clock 30 s ahead (beyond the drift) is refused by every peer but
+/// hears their announcements (to it they look 30 s old, within the replay window), so it joins
+/// with a view that fills one peer at a time. Having heard of e2 only, it published as if e1,
+/// the group's member, did not exist: confirmed, and lost. Peers now list the members they see
+/// in their interest; a member a peer sees and this node has not heard of counts as one whose
+/// subscriptions are unknown. Every publish the skewed node confirms reaches the group, also
+/// after it is restarted with the right time.
+#[test]
+fn a_node_that_has_heard_of_some_members_only_confirms_nothing_it_did_not_deliver() {
+    for seed in 1..=5 {
+        mycorrizal_testkit::sim::runtime(seed).block_on(skewed_publisher(seed));
+    }
+}
+
+async fn skewed_publisher(seed: u64) {
+    let all = |c: &mut ClusterConfig| c.seeds = vec![addr(1), addr(2), addr(3)];
+    let sim = Sim::new(100 + seed);
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(sim.start_with(i, all).await);
+    }
+    within(Duration::from_secs(30), "cluster forms", || all_alive(&nodes, 3)).await;
+    let mut member = nodes[0].events().subscribe_group("orders", "billing").await.unwrap();
+    nodes[2].events().publish("orders", payload(0)).await.unwrap();
+    member.recv().await.unwrap().ack();
+    sim.net.crash(addr(3));
+    nodes.pop();
+    let mut c = ClusterConfig::lan("events", id(3), addr(3));
+    all(&mut c);
+    let skewed = Node::builder(c)
+        .trust(Trust::cluster_secret(SECRET).unwrap())
+        .transport(Arc::new(sim.net.transport(id(3), addr(3))))
+        .clock(Arc::new(mycorrizal::clock::SkewedClock::new(sim.clock.clone(), 30_000)))
+        .seed(seed * 1000 + 3)
+        .start()
+        .await
+        .unwrap();
+    let mut confirmed = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 1u64;
+    while tokio::time::Instant::now() < end {
+        if skewed.events().publish("orders", payload(i)).await.is_ok() {
+            confirmed.push(payload(i));
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(confirmed.len() > 10, "seed {seed}: the skewed node joined and published");
+    sim.net.crash(addr(3));
+    drop(skewed);
+    nodes.push(sim.start_with(3, all).await);
+    let mut got = std::collections::BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while confirmed.iter().any(|p| !got.contains(p)) {
+            let d = member.recv().await.unwrap();
+            got.insert(d.event.payload.to_vec());
+            d.ack();
+        }
+    })
+    .await;
+    let lost: Vec<String> = confirmed
+        .iter()
+        .filter(|p| !got.contains(*p))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(lost.is_empty(), "seed {seed}: confirmed and lost: {lost:?}");
+}

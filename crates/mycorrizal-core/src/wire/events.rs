@@ -17,6 +17,8 @@ pub const MAX_TOPICS: usize = 4096;
 pub const MAX_GROUPS: usize = 256;
 /// Most bytes of topic and group names in one node's interest (well under a message's limit).
 pub const MAX_INTEREST_BYTES: usize = 1024 * 1024;
+/// Most members one interest message may list.
+pub const MAX_LISTED_MEMBERS: usize = 4096;
 
 /// One request on the Events channel.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -69,6 +71,10 @@ pub struct WireInterest {
     /// The topics.
     #[prost(message, repeated, tag = "3")]
     pub topics: Vec<TopicInterest>,
+    /// The node ids of the live members the sender sees: a node whose own view is still
+    /// partial learns whom it has not heard of yet (their subscriptions are unknown to it).
+    #[prost(string, repeated, tag = "4")]
+    pub members: Vec<String>,
 }
 
 /// One topic a node subscribes to.
@@ -254,6 +260,8 @@ impl WireInterest {
             .sum();
         self.topics.len() <= MAX_TOPICS
             && bytes <= MAX_INTEREST_BYTES
+            && self.members.len() <= MAX_LISTED_MEMBERS
+            && self.members.iter().all(|m| crate::NodeId::new(m.as_str()).is_ok())
             && self.topics.iter().all(|t| {
                 check_name(&t.topic).is_ok()
                     && t.groups.len() <= MAX_GROUPS
@@ -343,6 +351,7 @@ mod tests {
             incarnation: 1,
             version: 1,
             topics: vec![TopicInterest { topic: String::new(), broadcast: true, groups: vec![] }],
+            members: vec![],
         };
         assert!(!EventsRequest { op: Some(EventsOp::Interest(interest)) }.check());
         // Garbage does not decode into something that passes.
