@@ -328,7 +328,7 @@ impl CacheBucket {
                 let mine = rf >= ring.live.len() || ring.is_mine(key_hash(s.namespace(), key), rf);
                 mine.then(|| {
                     let v = s.local.get(key);
-                    (v.is_some() || *rt.synced.borrow() == ring.generation).then_some(v)
+                    (v.is_some() || rt.synced_for(ring)).then_some(v)
                 })
             });
             if let Some(Some(v)) = local {

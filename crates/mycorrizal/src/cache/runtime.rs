@@ -162,7 +162,13 @@ impl Runtime {
     /// (and, when it has seeds, that placement includes a peer).
     pub fn is_ready(&self) -> bool {
         let ring = self.ring();
-        *self.synced.borrow() == ring.generation && (!self.expects_peers || ring.live.len() > 1)
+        self.synced_for(&ring) && (!self.expects_peers || ring.live.len() > 1)
+    }
+
+    /// Whether a sync round completed for `ring`'s placement (else this node is still filling
+    /// the replicas that placement gave it).
+    pub fn synced_for(&self, ring: &Ring) -> bool {
+        *self.synced.borrow() == ring.generation
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -429,7 +435,7 @@ impl Runtime {
         // newer in its own round (`sync::reconcile`, the `newer` half of this exchange run the
         // other way). Asking this peer to push the same records too moved every record of a
         // join twice; hand-offs are the exception (only the old holder offers those keys).
-        let pulling = !v.handoff && *self.synced.borrow() != self.ring().generation;
+        let pulling = !v.handoff && !self.synced_for(&self.ring());
         let mut pace = Pace::new();
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;

@@ -35,6 +35,8 @@ use mycorrizal_core::{
     },
 };
 
+use crate::store::wire_size;
+
 use super::{
     catalog::BucketState,
     ring::Ring,
@@ -84,7 +86,7 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                     rt.synced.send_replace(ring.generation);
                 }
             }
-            if *rt.synced.borrow() != rt.ring().generation {
+            if !rt.synced_for(&rt.ring()) {
                 // Something was unreachable or placement moved under us: go again soon.
                 due = true;
                 tokio::select! {
@@ -294,7 +296,7 @@ async fn reconcile(
             let pulled: usize = ex
                 .newer
                 .iter()
-                .map(|e| e.key.len() + e.record.as_ref().map_or(0, |r| r.value.len()) + 32)
+                .map(|e| wire_size(e.key.len(), e.record.as_ref().map_or(0, |r| r.value.len())))
                 .sum();
             rt.throttle_pull(pulled).await;
             // An answer holds up to 12 MiB of records: applied in paced chunks, like a walk.
@@ -364,7 +366,7 @@ async fn push(rt: &Arc<Runtime>, b: &BucketState, peer: &NodeId, keys: &[Bytes])
             break;
         }
         if let Some(rec) = b.local.record(&keys[i]) {
-            size += keys[i].len() + rec.value().map_or(0, Bytes::len) + 32;
+            size += wire_size(keys[i].len(), rec.value().map_or(0, Bytes::len));
             batch.push(Entry { key: keys[i].clone(), record: Some(WireRecord::from(&rec)) });
         }
         i += 1;

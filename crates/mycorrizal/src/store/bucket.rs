@@ -130,6 +130,13 @@ pub(crate) struct Scanned {
     slot: Slot,
 }
 
+/// Bytes a record of a `key`-byte key and a `value`-byte value takes on the wire, roughly: key,
+/// value and a record header. What sync throttles and batches by.
+#[inline]
+pub(crate) fn wire_size(key: usize, value: usize) -> usize {
+    key + value + 32
+}
+
 impl Scanned {
     #[inline]
     pub(crate) fn key(&self) -> &[u8] {
@@ -155,10 +162,10 @@ impl Scanned {
         self.slot.is_expired(now_ms)
     }
 
-    /// Bytes this entry takes on the wire, roughly: key, value and a record header.
+    /// Bytes this entry takes on the wire, roughly: see [`wire_size`].
     #[inline]
     pub(crate) fn wire_size(&self) -> usize {
-        self.key.len() + self.slot.value.len() + 32
+        wire_size(self.key.len(), self.slot.value.len())
     }
 
     pub(crate) fn into_record(self) -> Record {

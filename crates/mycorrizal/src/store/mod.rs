@@ -33,8 +33,8 @@ use std::{
     time::Duration,
 };
 
-pub(crate) use bucket::Scanned;
 pub use bucket::{Bucket, ENTRY_OVERHEAD, WriteOutcome};
+pub(crate) use bucket::{Scanned, wire_size};
 pub use config::{
     BucketConfig, BucketConfigBuilder, BucketName, Capacity, ConfigError, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TOMBSTONE_TTL, MAX_KEY_LEN, MAX_TTL, MIN_TTL, StoreConfig,
