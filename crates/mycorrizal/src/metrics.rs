@@ -344,7 +344,7 @@ impl Collector for Sources {
         family(
             &mut e,
             "mycorrizal_cache_reads",
-            "Reads coordinated here, by where they were answered",
+            "Reads coordinated here, by what they consulted: this node's replica or peers",
             C,
             &[([("source", "local")], c.reads_local), ([("source", "remote")], c.reads_remote)],
         )?;

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use mycorrizal::{
     NodeId,
-    cache::{CacheBucket, CacheError, WriteOptions},
+    cache::{CacheBucket, CacheError, NotLocal, WriteOptions},
     clock::{Clock, SkewedClock, TokioClock},
     cluster::{ClusterConfig, MemberState, Node},
     core::quorum::Consistency,
@@ -178,6 +178,19 @@ async fn writes_reach_every_owner_and_reads_see_them_at_every_level() {
     let after = nodes[0].cache().stats();
     assert_eq!(after.reads_local - stats.reads_local, owned.len() as u64);
     assert_eq!(after.reads_remote, stats.reads_remote);
+    // The same reads without a future: the owner answers, a non-owner says so and does nothing.
+    for k in &owned {
+        let i: u32 = k[1..].parse().unwrap();
+        assert_eq!(buckets[0].try_get_local(k), Ok(Some(Bytes::from(format!("v{i}")))), "{k}");
+    }
+    let absent =
+        (0..).map(|i| format!("absent-{i}")).find(|k| buckets[0].owners(k).contains(nodes[0].id()));
+    assert_eq!(buckets[0].try_get_local(absent.unwrap()), Ok(None));
+    let foreign = (0..200).map(|i| format!("k{i}")).find(|k| !owned.contains(k)).unwrap();
+    assert_eq!(buckets[0].try_get_local(&foreign), Err(NotLocal::NotAReplica));
+    let last = nodes[0].cache().stats();
+    assert_eq!(last.reads_local - after.reads_local, owned.len() as u64 + 1);
+    assert_eq!(last.reads_remote, stats.reads_remote);
     // Deletes, expire and TTLs.
     buckets[1].delete("k1").await.unwrap();
     assert_eq!(buckets[3].get_with("k1", Consistency::All).await.unwrap(), None);
@@ -348,6 +361,22 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
     // A fifth node joins.
     nodes.push(sim.start(5).await);
     within(Duration::from_secs(30), "n5 joins", || all_alive(&nodes, 5)).await;
+    // Its replicas fill over the next sync rounds. Until then a key it owns and lacks is
+    // not answered from it: `try_get_local` says so, a read at One asks an owner that has it.
+    within(Duration::from_secs(30), "n5 learns the bucket", || {
+        nodes[4].cache().bucket("big").is_ok()
+    })
+    .await;
+    let n5 = nodes[4].cache().bucket("big").unwrap();
+    let stats = nodes[4].cache().stats();
+    assert_ne!(stats.synced_generation, stats.ring_generation, "n5 filled before it was asked");
+    let lacking = (0..KEYS)
+        .map(|k| format!("key-{k}"))
+        .find(|k| n5.owners(k).contains(nodes[4].id()) && n5.local_record(k).is_none())
+        .expect("n5 owns keys it does not hold yet");
+    assert_eq!(n5.try_get_local(&lacking), Err(NotLocal::Filling));
+    let value = Bytes::from(format!("value-{}", &lacking["key-".len()..]));
+    assert_eq!(n5.get_with(&lacking, Consistency::One).await.unwrap(), Some(value));
     let took = within(Duration::from_secs(120), "rebalanced", || {
         nodes.iter().all(|n| n.cache().is_ready())
             && nodes

@@ -273,6 +273,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             })
                             .await?;
                             runs.add(&name, "mycorrizal", ours);
+                            let (b, keys) = (rf3.clone(), local_keys.clone());
+                            let now = tokio::task::spawn_blocking(move || {
+                                per_thread(threads, n, |t, count| {
+                                    for i in 0..count {
+                                        let k = &keys[spread(t, i) % keys.len()];
+                                        let v = b.try_get_local(k);
+                                        assert!(matches!(v, Ok(Some(_))), "local get missed");
+                                    }
+                                })
+                            })
+                            .await?;
+                            runs.add(&name, "mycorrizal-now", now);
                             let contenders: [(&str, BaselineGet); 3] = [
                                 ("mycorrizal-store", |b, k| b.store.get(k).is_some()),
                                 ("quick_cache", |b, k| b.quick_cache.get(k).is_some()),
@@ -831,13 +843,18 @@ fn checks(
     if let (Some(o), Some(r)) = (ours1, ops("local get, 1 thread(s)", "redis")) {
         out.push(check("local get ops/s vs Redis GET (1 outstanding)", o, r, Some(50.0), None));
     }
-    for threads in [1, 2] {
-        let s = format!("local get, {threads} thread(s)");
-        if let (Some(o), Some(q)) = (ops(&s, "mycorrizal"), ops(&s, "quick_cache")) {
-            out.push(check(&format!("{s} ops/s vs raw quick_cache"), o, q, Some(0.8), None));
-        }
-        if let (Some(o), Some(m)) = (ops(&s, "mycorrizal"), ops(&s, "moka")) {
-            out.push(check(&format!("{s} ops/s vs moka"), o, m, Some(3.0), None));
+    // Both forms of our local get: `get_with(key, One).await` and `try_get_local(key)`, the
+    // same replica read without a future around it.
+    for (ours, form) in [("mycorrizal", "awaited"), ("mycorrizal-now", "try_get_local")] {
+        for threads in [1, 2] {
+            let s = format!("local get, {threads} thread(s)");
+            if let (Some(o), Some(q)) = (ops(&s, ours), ops(&s, "quick_cache")) {
+                let name = format!("{s} ({form}) ops/s vs raw quick_cache");
+                out.push(check(&name, o, q, Some(0.8), None));
+            }
+            if let (Some(o), Some(m)) = (ops(&s, ours), ops(&s, "moka")) {
+                out.push(check(&format!("{s} ({form}) ops/s vs moka"), o, m, Some(3.0), None));
+            }
         }
     }
     if let (Some(o), Some(r)) = (
@@ -895,14 +912,14 @@ fn print_table(report: &Report, json: bool) {
         report.machine, report.repeats, report.scale
     ));
     t.push_str(&format!(
-        "{:<36} {:<12} {:>14} {:>10} {:>10}\n",
+        "{:<36} {:<16} {:>14} {:>10} {:>10}\n",
         "scenario", "contender", "ops/s", "p50 µs", "p99 µs"
     ));
     for row in &report.medians {
         let s = row.sample;
         let lat = |v: f64| if v > 0.0 { format!("{v:.1}") } else { "-".to_owned() };
         t.push_str(&format!(
-            "{:<36} {:<12} {:>14.0} {:>10} {:>10}\n",
+            "{:<36} {:<16} {:>14.0} {:>10} {:>10}\n",
             row.scenario,
             row.contender,
             s.ops_per_s,
@@ -934,12 +951,12 @@ fn print_table(report: &Report, json: bool) {
     }
     if !report.checks.is_empty() {
         t.push_str(&format!(
-            "\n{:<56} {:>12} {:>12} {:>8} {:>8}  met\n",
+            "\n{:<64} {:>12} {:>12} {:>8} {:>8}  met\n",
             "target", "ours", "baseline", "ratio", "target"
         ));
         for c in &report.checks {
             t.push_str(&format!(
-                "{:<56} {:>12.1} {:>12.1} {:>7.2}x {:>8}  {}\n",
+                "{:<64} {:>12.1} {:>12.1} {:>7.2}x {:>8}  {}\n",
                 c.what,
                 c.ours,
                 c.baseline,

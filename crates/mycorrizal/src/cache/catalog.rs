@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -59,6 +59,12 @@ impl BucketState {
             .map(|e| (mycorrizal_core::placement::key_hash(self.namespace(), e.key()), e))
     }
 
+    /// Reads that consulted this replica: its store's hits and misses.
+    fn reads(&self) -> u64 {
+        let stats = self.local.stats();
+        stats.hits + stats.misses
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
@@ -79,6 +85,9 @@ pub(crate) enum Merged {
 #[derive(Default)]
 pub(crate) struct Catalog {
     buckets: Mutex<BTreeMap<BucketName, Arc<BucketState>>>,
+    /// Reads the replicas of replaced declarations served before they were replaced (written
+    /// with `buckets` locked, so [`Catalog::reads_consulted`] never goes back).
+    replaced_reads: AtomicU64,
 }
 
 impl Catalog {
@@ -89,6 +98,15 @@ impl Catalog {
 
     pub fn all(&self) -> Vec<Arc<BucketState>> {
         crate::sync::lock(&self.buckets).values().cloned().collect()
+    }
+
+    /// Reads that consulted this node's replicas since it started: the hits and misses of every
+    /// bucket's store, replaced ones included (reads a replaced replica served after it was
+    /// replaced, by a handle that had not re-resolved yet, are not counted).
+    pub fn reads_consulted(&self) -> u64 {
+        let buckets = crate::sync::lock(&self.buckets);
+        let live: u64 = buckets.values().map(|b| b.reads()).sum();
+        live + self.replaced_reads.load(Ordering::Relaxed)
     }
 
     pub fn decls(&self) -> Vec<BucketDecl> {
@@ -116,6 +134,7 @@ impl Catalog {
         }
         let state = BucketState::new(store.replace_bucket(config.clone())?, config, since);
         current.retired.store(true, Ordering::Relaxed);
+        self.replaced_reads.fetch_add(current.reads(), Ordering::Relaxed);
         buckets.insert(state.name.clone(), state.clone());
         Ok(Merged::Replaced { old: current, new: state })
     }

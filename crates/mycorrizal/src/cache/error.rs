@@ -7,6 +7,20 @@ use crate::{
     store::{BucketConfig, ConfigError, StoreError},
 };
 
+/// Why [`CacheBucket::try_get_local`](super::CacheBucket::try_get_local) could not answer
+/// without the network: read with [`CacheBucket::get_with`](super::CacheBucket::get_with)
+/// instead, which asks the key's owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotLocal {
+    /// This node holds no replica of the key under the current placement.
+    #[error("this node holds no replica of the key")]
+    NotAReplica,
+    /// This node holds a replica of the key that is still being filled after a placement
+    /// change, and does not have the key (yet): an owner may.
+    #[error("this node's replica of the key is still filling and lacks it")]
+    Filling,
+}
+
 /// Why a cache operation did not succeed. Each variant says whether the operation may have
 /// taken effect.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -33,7 +33,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 pub use config::CacheConfig;
-pub use error::CacheError;
+pub use error::{CacheError, NotLocal};
 use mycorrizal_core::{
     HlcTime, NodeId, Record, Timestamp,
     placement::key_hash,
@@ -70,9 +70,11 @@ pub struct CacheStats {
     /// Times a write found a newer version at a replica and was stamped again past it
     /// (a clock behind another node's, or a racing write).
     pub writes_restamped: u64,
-    /// Reads answered from the local replica without the network.
+    /// Reads that consulted this node's replica: its buckets' hits and misses (counted by the
+    /// store, so the read path bumps one counter, not two).
     pub reads_local: u64,
-    /// Reads that asked other nodes.
+    /// Reads that asked other nodes. A read at One that found its key missing in a replica
+    /// still filling after a placement change asks a peer too, and counts in both.
     pub reads_remote: u64,
     /// Stale replicas repaired by reads.
     pub read_repairs: u64,
@@ -285,18 +287,20 @@ impl CacheBucket {
     // ----- reads -----
 
     /// The value of `key` at the bucket's read consistency.
-    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, CacheError> {
-        let s = self.state();
-        self.read(&s, key.as_ref(), s.config.read_consistency()).await
+    pub fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + '_ {
+        self.read_now_or_later(key.as_ref(), None)
     }
 
     /// The value of `key` at `consistency`.
-    pub async fn get_with(
+    pub fn get_with(
         &self,
         key: impl AsRef<[u8]>,
         consistency: Consistency,
-    ) -> Result<Option<Bytes>, CacheError> {
-        self.read(&self.state(), key.as_ref(), consistency).await
+    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + '_ {
+        self.read_now_or_later(key.as_ref(), Some(consistency))
     }
 
     /// The value of `key` decoded from JSON (written by [`CacheBucket::set_as`]).
@@ -312,30 +316,103 @@ impl CacheBucket {
         }
     }
 
-    async fn read(
+    /// The value of `key` from this node's replica, without the network and without waiting:
+    /// what [`CacheBucket::get_with`] at [`Consistency::One`] answers when this node holds a
+    /// replica of `key` (`Ok(None)`: the key is absent, deleted or expired). When it holds none,
+    /// or holds one still filling after a placement change that lacks the key, the answer is
+    /// [`NotLocal`] and nothing else was done: ask the owners with [`CacheBucket::get_with`].
+    ///
+    /// For code that reads hot keys in a loop or outside an async context: it is the local path
+    /// of `get_with` without a future around it (docs/BENCHMARKS.md measures both).
+    ///
+    /// ```no_run
+    /// # async fn demo(bucket: mycorrizal::cache::CacheBucket) -> Result<(), mycorrizal::cache::CacheError> {
+    /// use mycorrizal::core::quorum::Consistency;
+    ///
+    /// let value = match bucket.try_get_local("user:42") {
+    ///     Ok(value) => value,
+    ///     Err(_not_here) => bucket.get_with("user:42", Consistency::One).await?,
+    /// };
+    /// # let _ = value;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn try_get_local(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, NotLocal> {
+        self.replica_read(&self.state(), key.as_ref())
+    }
+
+    /// A read this node's replica can answer is answered before the returned future is built:
+    /// the local path is a chain of cache misses a few hundred nanoseconds long, and running it
+    /// inside the network path's state machine measurably slowed it (docs/BENCHMARKS.md). The
+    /// key is copied, and the network path's future allocated, only when a peer is asked.
+    #[inline]
+    fn read_now_or_later<'a>(
+        &'a self,
+        key: &[u8],
+        consistency: Option<Consistency>,
+    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + use<'a> {
+        let s = self.state();
+        let consistency = consistency.unwrap_or_else(|| s.config.read_consistency());
+        let now = match consistency {
+            Consistency::One => self.replica_read(&s, key),
+            _ => Err(NotLocal::NotAReplica),
+        };
+        let later = now.map_err(|why| (s.into_owned(), Bytes::copy_from_slice(key), why));
+        async move {
+            match later {
+                Ok(value) => Ok(value),
+                Err((s, key, why)) => {
+                    let filling = why == NotLocal::Filling;
+                    Box::pin(self.read_remote(&s, &key, consistency, filling)).await
+                }
+            }
+        }
+    }
+
+    /// What this node's replica answers for `key` at consistency One, if it can.
+    #[inline]
+    fn replica_read(&self, s: &BucketState, key: &[u8]) -> Result<Option<Bytes>, NotLocal> {
+        let rt = &self.rt;
+        let rf = s.config.replicas() as usize;
+        // With RF at least the live members every node holds every key: no hash, and the
+        // ring's shape (one atomic load) settles it. Otherwise the ring decides. The read
+        // counts once, in the store's hits and misses (`CacheStats::reads_local`).
+        //
+        // This path is kept short on purpose: a local get is a chain of cache misses, and a
+        // processor overlaps one get's misses with the next only while both fit its window of
+        // in-flight instructions. A thread-local borrow around the store read, or one more
+        // counter, each cost the benchmark's local get a third of its throughput
+        // (docs/BENCHMARKS.md).
+        let (mine, generation) = match rt.ring_shape() {
+            shape if rf >= shape.live => (true, shape.generation),
+            _ => rt.with_ring(|ring| {
+                let mine = rf >= ring.live.len() || ring.is_mine(key_hash(s.namespace(), key), rf);
+                (mine, ring.generation)
+            }),
+        };
+        if !mine {
+            return Err(NotLocal::NotAReplica);
+        }
+        match s.local.get(key) {
+            Some(v) => Ok(Some(v)),
+            None if rt.synced_for(generation) => Ok(None),
+            None => Err(NotLocal::Filling),
+        }
+    }
+
+    /// A read this node's replica could not answer; `mine` when it holds one (still filling),
+    /// which answers a read at One when no peer does.
+    async fn read_remote(
         &self,
         s: &Arc<BucketState>,
         key: &[u8],
         consistency: Consistency,
+        mine: bool,
     ) -> Result<Option<Bytes>, CacheError> {
         let rt = &self.rt;
         let rf = s.config.replicas() as usize;
         if consistency == Consistency::One {
-            // `Some` when this node holds a replica: `Some(Some(v))` when it can answer. A node
-            // still filling its replica after a membership change asks a peer before answering
-            // "absent". With RF at least the live members every node holds every key: no hash.
-            let local = rt.with_ring(|ring| {
-                let mine = rf >= ring.live.len() || ring.is_mine(key_hash(s.namespace(), key), rf);
-                mine.then(|| {
-                    let v = s.local.get(key);
-                    (v.is_some() || rt.synced_for(ring)).then_some(v)
-                })
-            });
-            if let Some(Some(v)) = local {
-                rt.counters.reads_local.inc();
-                return Ok(v);
-            }
-            let mine = local.is_some();
             let ring = rt.ring();
             let kh = key_hash(s.namespace(), key);
             rt.counters.reads_remote.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -346,13 +423,16 @@ impl CacheBucket {
                     key: Bytes::copy_from_slice(key),
                 });
                 match rt.call(owner, op, rt.config.request_timeout).await {
-                    Ok(CacheReply::Record(e)) => return Ok(self.live_value(e.record)),
+                    Ok(CacheReply::Record(e)) => {
+                        return Ok(self.live_value(e.record.and_then(WireRecord::into_record)));
+                    }
                     Ok(_) => last = Some("unexpected reply".to_owned()),
                     Err(e) => last = Some(e.to_string()),
                 }
             }
             if mine {
-                return Ok(s.local.get(key));
+                // Read again without counting: the replica was consulted (and counted) once.
+                return Ok(self.live_value(s.local.record(key)));
             }
             return Err(CacheError::ReadFailed {
                 needed: 1,
@@ -405,12 +485,10 @@ impl CacheBucket {
         Ok(newest.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned()))
     }
 
-    fn live_value(&self, record: Option<WireRecord>) -> Option<Bytes> {
+    /// The value `record` holds now: none for a tombstone or an expired value.
+    fn live_value(&self, record: Option<Record>) -> Option<Bytes> {
         let now = self.rt.store.clock().now_ms();
-        record
-            .and_then(WireRecord::into_record)
-            .filter(|r| !r.is_expired(now))
-            .and_then(|r| r.value().cloned())
+        record.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned())
     }
 
     /// Sends `newest` to an owner that answered a read with an older record.
@@ -501,7 +579,7 @@ impl CacheBucket {
         let ttl = check_ttl(ttl)?;
         let s = self.state();
         let key = key.as_ref();
-        let Some(value) = self.read(&s, key, s.config.read_consistency()).await? else {
+        let Some(value) = self.read_now_or_later(key, None).await? else {
             return Ok(false);
         };
         let record = self.live_record(&s, key, value, Some(ttl))?;
@@ -752,7 +830,7 @@ impl CacheBucket {
             let op = CacheOp::Lease(Lease { bucket: s.name.to_string(), key: key.clone() });
             match rt.call(&primary, op, wait).await {
                 Ok(CacheReply::Lease(l)) if !l.granted => {
-                    if let Some(v) = self.live_value(l.record) {
+                    if let Some(v) = self.live_value(l.record.and_then(WireRecord::into_record)) {
                         return Ok(v);
                     }
                 }

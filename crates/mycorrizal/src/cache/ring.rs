@@ -123,7 +123,30 @@ pub(crate) struct RingCell {
     /// Tells cells (nodes) in one process apart.
     id: u64,
     version: AtomicU64,
+    /// The current ring's generation and live-member count in one word ([`RingCell::shape`]).
+    shape: AtomicU64,
     current: RwLock<Arc<Ring>>,
+}
+
+/// What a local read needs to know of the ring when every node holds every key: read with
+/// one load, no thread-local and no hash (see [`RingCell::shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The ring's generation.
+    pub generation: u64,
+    /// Its live members, saturating at `u16::MAX` (far above `MAX_REPLICAS`, so `rf >= live`
+    /// stays exact).
+    pub live: usize,
+}
+
+impl Shape {
+    fn pack(ring: &Ring) -> u64 {
+        (ring.generation << 16) | ring.live.len().min(u16::MAX as usize) as u64
+    }
+
+    fn unpack(word: u64) -> Shape {
+        Shape { generation: word >> 16, live: (word & u64::from(u16::MAX)) as usize }
+    }
 }
 
 thread_local! {
@@ -137,6 +160,7 @@ impl RingCell {
         RingCell {
             id: NEXT_ID.fetch_add(1, Relaxed),
             version: AtomicU64::new(0),
+            shape: AtomicU64::new(Shape::pack(&ring)),
             current: RwLock::new(Arc::new(ring)),
         }
     }
@@ -144,6 +168,13 @@ impl RingCell {
     /// The current ring, to keep (across `await`s).
     pub fn load(&self) -> Arc<Ring> {
         crate::sync::read(&self.current).clone()
+    }
+
+    /// The current ring's generation and live-member count, read together (one word: a
+    /// generation has 48 bits, far beyond what membership changes reach).
+    #[inline]
+    pub fn shape(&self) -> Shape {
+        Shape::unpack(self.shape.load(Acquire))
     }
 
     /// Runs `f` on the current ring (or the one replaced a moment ago).
@@ -172,6 +203,7 @@ impl RingCell {
         let mut current = crate::sync::write(&self.current);
         let ring = Arc::new(next(&current)?);
         *current = ring.clone();
+        self.shape.store(Shape::pack(&ring), Release);
         self.version.fetch_add(1, Release);
         Some(ring)
     }
@@ -196,9 +228,20 @@ mod tests {
         cell.update(|r| Some(ring("a", r.generation + 1))).unwrap();
         assert_eq!(cell.with(|r| r.generation), 2);
         assert_eq!(cell.load().generation, 2);
+        assert_eq!(cell.shape(), Shape { generation: 2, live: cell.load().live.len() });
         // Another thread reads the current ring too.
         let gen_elsewhere = std::thread::scope(|s| s.spawn(|| cell.with(|r| r.generation)).join());
         assert_eq!(gen_elsewhere.unwrap(), 2);
+    }
+
+    #[test]
+    fn the_shape_follows_every_ring_and_saturates_its_member_count() {
+        let mut big = ring("a", 40_000_000_000);
+        big.live = (0..70_000).map(|i| NodeId::new(format!("n{i:05}")).unwrap()).collect();
+        let cell = RingCell::new(ring("a", 3));
+        assert_eq!(cell.shape(), Shape { generation: 3, live: cell.load().live.len() });
+        cell.update(|_| Some(big)).unwrap();
+        assert_eq!(cell.shape(), Shape { generation: 40_000_000_000, live: u16::MAX as usize });
     }
 
     #[test]

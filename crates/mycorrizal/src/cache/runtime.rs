@@ -29,7 +29,7 @@ use super::{
     CacheError, CacheStats,
     catalog::{BucketState, Catalog, Merged, config_of},
     config::CacheConfig,
-    ring::{Ring, RingCell},
+    ring::{Ring, RingCell, Shape},
     walk::Pace,
 };
 use crate::{
@@ -56,7 +56,6 @@ pub(crate) struct Counters {
     pub writes_indeterminate: AtomicU64,
     pub writes_failed: AtomicU64,
     pub restamped: AtomicU64,
-    pub reads_local: crate::store::StripedCounter,
     pub reads_remote: AtomicU64,
     pub read_repairs: AtomicU64,
     pub hints_queued: AtomicU64,
@@ -162,13 +161,19 @@ impl Runtime {
     /// (and, when it has seeds, that placement includes a peer).
     pub fn is_ready(&self) -> bool {
         let ring = self.ring();
-        self.synced_for(&ring) && (!self.expects_peers || ring.live.len() > 1)
+        self.synced_for(ring.generation) && (!self.expects_peers || ring.live.len() > 1)
     }
 
-    /// Whether a sync round completed for `ring`'s placement (else this node is still filling
-    /// the replicas that placement gave it).
-    pub fn synced_for(&self, ring: &Ring) -> bool {
-        *self.synced.borrow() == ring.generation
+    /// Whether a sync round completed for the placement of `generation` (else this node is
+    /// still filling the replicas that placement gave it).
+    pub fn synced_for(&self, generation: u64) -> bool {
+        *self.synced.borrow() == generation
+    }
+
+    /// The current ring's generation and live-member count, without reading the ring.
+    #[inline]
+    pub fn ring_shape(&self) -> Shape {
+        self.ring.shape()
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -198,7 +203,7 @@ impl Runtime {
             writes_indeterminate: c.writes_indeterminate.load(Relaxed),
             writes_restamped: c.restamped.load(Relaxed),
             writes_failed: c.writes_failed.load(Relaxed),
-            reads_local: c.reads_local.get(),
+            reads_local: self.catalog.reads_consulted(),
             reads_remote: c.reads_remote.load(Relaxed),
             read_repairs: c.read_repairs.load(Relaxed),
             hints_pending: hints.by_node.values().map(|q| q.len() as u64).sum(),
@@ -435,7 +440,7 @@ impl Runtime {
         // newer in its own round (`sync::reconcile`, the `newer` half of this exchange run the
         // other way). Asking this peer to push the same records too moved every record of a
         // join twice; hand-offs are the exception (only the old holder offers those keys).
-        let pulling = !v.handoff && !self.synced_for(&self.ring());
+        let pulling = !v.handoff && !self.synced_for(self.ring().generation);
         let mut pace = Pace::new();
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;

@@ -42,7 +42,6 @@ pub use config::{
 pub(crate) use config::{check_duration, check_range, check_ttl};
 pub use error::StoreError;
 pub use stats::BucketStats;
-pub(crate) use stats::StripedCounter;
 
 use crate::clock::{Clock, NodeClock, SystemClock};
 

@@ -58,33 +58,6 @@ pub(crate) enum Event {
     HandedOff,
 }
 
-/// A counter striped over cache lines: incremented on hot paths by many threads without
-/// bouncing one line between cores; summed when read.
-pub(crate) struct StripedCounter {
-    stripes: Box<[PaddedU64]>,
-}
-
-#[derive(Default)]
-#[repr(align(128))]
-struct PaddedU64(AtomicU64);
-
-impl Default for StripedCounter {
-    fn default() -> Self {
-        StripedCounter { stripes: (0..STRIPES).map(|_| PaddedU64::default()).collect() }
-    }
-}
-
-impl StripedCounter {
-    #[inline]
-    pub(crate) fn inc(&self) {
-        self.stripes[stripe_index()].0.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.stripes.iter().map(|s| s.0.load(Relaxed)).sum()
-    }
-}
-
 fn stripe_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
