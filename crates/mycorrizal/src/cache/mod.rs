@@ -287,6 +287,9 @@ impl CacheBucket {
     // ----- reads -----
 
     /// The value of `key` at the bucket's read consistency.
+    ///
+    /// A read this node's replica answers (at [`Consistency::One`]) is made when `get` is
+    /// called, not when the future is first polled; the future is then ready at once.
     pub fn get(
         &self,
         key: impl AsRef<[u8]>,
@@ -294,7 +297,9 @@ impl CacheBucket {
         self.read_now_or_later(key.as_ref(), None)
     }
 
-    /// The value of `key` at `consistency`.
+    /// The value of `key` at `consistency`. At [`Consistency::One`] this node's replica answers
+    /// when it holds one that can (see [`CacheBucket::try_get_local`]), when `get_with` is
+    /// called; otherwise the future asks the key's owners.
     pub fn get_with(
         &self,
         key: impl AsRef<[u8]>,
