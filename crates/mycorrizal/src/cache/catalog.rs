@@ -192,6 +192,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_counted_by_a_replaced_declaration_are_kept() {
+        let store =
+            Store::new(crate::store::StoreConfig::new(mycorrizal_core::NodeId::new("n").unwrap()));
+        let catalog = Catalog::default();
+        let at = |t| Timestamp { time: HlcTime::new(t, 0), node: NodeTag(1) };
+        let ours = BucketConfig::builder("b").max_entries(100).build().unwrap();
+        let Merged::Added(first) = catalog.merge(&store, ours, at(20)).unwrap() else {
+            panic!("the name was new")
+        };
+        first.local.set(&b"k"[..], bytes::Bytes::from_static(b"v")).unwrap();
+        assert!(first.local.get(b"k").is_some());
+        assert!(first.local.get(b"absent").is_none());
+        assert_eq!(catalog.reads_consulted(), 2, "a hit and a miss");
+        // An earlier declaration of the name (another configuration) replaces ours.
+        let earlier = BucketConfig::builder("b").max_entries(200).build().unwrap();
+        let Merged::Replaced { new, .. } = catalog.merge(&store, earlier, at(10)).unwrap() else {
+            panic!("the earlier declaration wins")
+        };
+        assert_eq!(catalog.reads_consulted(), 2, "the replaced bucket's reads are kept");
+        assert!(new.local.get(b"k").is_some(), "the entries move to the replacement");
+        assert_eq!(catalog.reads_consulted(), 3);
+    }
+
+    #[test]
     fn declarations_round_trip() {
         let since = Timestamp { time: HlcTime::new(5, 1), node: NodeTag(3) };
         for c in [
