@@ -29,7 +29,13 @@ mod runtime;
 mod sync;
 mod walk;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 pub use config::CacheConfig;
@@ -290,21 +296,14 @@ impl CacheBucket {
     ///
     /// A read this node's replica answers (at [`Consistency::One`]) is made when `get` is
     /// called, not when the future is first polled; the future is then ready at once.
-    pub fn get(
-        &self,
-        key: impl AsRef<[u8]>,
-    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + '_ {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Get<'_> {
         self.read_now_or_later(key.as_ref(), None)
     }
 
     /// The value of `key` at `consistency`. At [`Consistency::One`] this node's replica answers
     /// when it holds one that can (see [`CacheBucket::try_get_local`]), when `get_with` is
     /// called; otherwise the future asks the key's owners.
-    pub fn get_with(
-        &self,
-        key: impl AsRef<[u8]>,
-        consistency: Consistency,
-    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + '_ {
+    pub fn get_with(&self, key: impl AsRef<[u8]>, consistency: Consistency) -> Get<'_> {
         self.read_now_or_later(key.as_ref(), Some(consistency))
     }
 
@@ -352,25 +351,21 @@ impl CacheBucket {
     /// inside the network path's state machine measurably slowed it (docs/BENCHMARKS.md). The
     /// key is copied, and the network path's future allocated, only when a peer is asked.
     #[inline]
-    fn read_now_or_later<'a>(
-        &'a self,
-        key: &[u8],
-        consistency: Option<Consistency>,
-    ) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send + use<'a> {
+    fn read_now_or_later(&self, key: &[u8], consistency: Option<Consistency>) -> Get<'_> {
         let s = self.state();
         let consistency = consistency.unwrap_or_else(|| s.config.read_consistency());
         let now = match consistency {
             Consistency::One => self.replica_read(&s, key),
             _ => Err(NotLocal::NotAReplica),
         };
-        let later = now.map_err(|why| (s.into_owned(), Bytes::copy_from_slice(key), why));
-        async move {
-            match later {
-                Ok(value) => Ok(value),
-                Err((s, key, why)) => {
-                    let filling = why == NotLocal::Filling;
-                    Box::pin(self.read_remote(&s, &key, consistency, filling)).await
-                }
+        match now {
+            Ok(value) => Get(GetState::Answered(value)),
+            Err(why) => {
+                let (s, key) = (s.into_owned(), Bytes::copy_from_slice(key));
+                let filling = why == NotLocal::Filling;
+                Get(GetState::Asking(Box::pin(async move {
+                    self.read_remote(&s, &key, consistency, filling).await
+                })))
             }
         }
     }
@@ -907,6 +902,44 @@ impl CacheBucket {
             }
         }
         loaded
+    }
+}
+
+/// The future of [`CacheBucket::get`] and [`CacheBucket::get_with`]: ready at its first poll
+/// when this node's replica answered (when the read was called), else asking the key's owners.
+/// A few words, not a state machine holding the network path: a local read builds and polls
+/// nothing more (docs/BENCHMARKS.md).
+#[must_use = "a read that needs the network does nothing unless awaited"]
+pub struct Get<'a>(GetState<'a>);
+
+enum GetState<'a> {
+    Answered(Option<Bytes>),
+    Asking(Pin<Box<dyn Future<Output = Result<Option<Bytes>, CacheError>> + Send + 'a>>),
+    Done,
+}
+
+impl Future for Get<'_> {
+    type Output = Result<Option<Bytes>, CacheError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let state = &mut self.get_mut().0;
+        let out = match state {
+            GetState::Answered(value) => Ok(value.take()),
+            GetState::Asking(asking) => std::task::ready!(asking.as_mut().poll(cx)),
+            GetState::Done => panic!("a cache read polled after it completed"),
+        };
+        *state = GetState::Done;
+        Poll::Ready(out)
+    }
+}
+
+impl std::fmt::Debug for Get<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            GetState::Answered(_) => "Get(answered)",
+            GetState::Asking(_) => "Get(asking)",
+            GetState::Done => "Get(done)",
+        })
     }
 }
 
