@@ -273,17 +273,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             })
                             .await?;
                             runs.add(&name, "mycorrizal", ours);
-                            let (b, keys) = (rf3.clone(), local_keys.clone());
-                            let now = tokio::task::spawn_blocking(move || {
-                                per_thread(threads, n, |t, count| {
-                                    for i in 0..count {
-                                        let k = &keys[spread(t, i) % keys.len()];
-                                        let v = b.try_get_local(k);
-                                        assert!(matches!(v, Ok(Some(_))), "local get missed");
-                                    }
-                                })
-                            })
-                            .await?;
+                            let b = rf3.clone();
+                            let read_now =
+                                move |k: &Bytes| matches!(b.try_get_local(k), Ok(Some(_)));
+                            let now = in_process_gets(threads, n, &local_keys, read_now).await?;
                             runs.add(&name, "mycorrizal-now", now);
                             let contenders: [(&str, BaselineGet); 3] = [
                                 ("mycorrizal-store", |b, k| b.store.get(k).is_some()),
@@ -291,16 +284,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                                 ("moka", |b, k| b.moka.get(k).is_some()),
                             ];
                             for (contender, get) in contenders {
-                                let (base, keys) = (base.clone(), local_keys.clone());
-                                let sample = tokio::task::spawn_blocking(move || {
-                                    per_thread(threads, n, |t, count| {
-                                        for i in 0..count {
-                                            let k = &keys[spread(t, i) % keys.len()];
-                                            assert!(get(&base, k), "{contender} missed");
-                                        }
-                                    })
-                                })
-                                .await?;
+                                let base = base.clone();
+                                let read = move |k: &Bytes| get(&base, k);
+                                let sample = in_process_gets(threads, n, &local_keys, read).await?;
                                 runs.add(&name, contender, sample);
                             }
                         }
@@ -401,6 +387,26 @@ fn per_thread(threads: usize, total: u64, work: impl Fn(usize, usize) + Sync) ->
         ops_per_s: (each * threads) as f64 / start.elapsed().as_secs_f64(),
         ..Sample::default()
     }
+}
+
+/// `total` synchronous gets of `keys` spread over `threads` (off the async workers); each must
+/// find its key.
+async fn in_process_gets(
+    threads: usize,
+    total: u64,
+    keys: &Arc<Vec<Bytes>>,
+    get: impl Fn(&Bytes) -> bool + Send + Sync + 'static,
+) -> anyhow::Result<Sample> {
+    let keys = keys.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        per_thread(threads, total, |t, count| {
+            for i in 0..count {
+                let k = &keys[spread(t, i) % keys.len()];
+                assert!(get(k), "a local get missed");
+            }
+        })
+    })
+    .await?)
 }
 
 /// Runs `op(i)` for `i` in `0..total` over `concurrency` tasks; per-operation latency.

@@ -440,7 +440,7 @@ impl Runtime {
         // newer in its own round (`sync::reconcile`, the `newer` half of this exchange run the
         // other way). Asking this peer to push the same records too moved every record of a
         // join twice; hand-offs are the exception (only the old holder offers those keys).
-        let pulling = !v.handoff && !self.synced_for(self.ring().generation);
+        let pulling = !v.handoff && !self.synced_for(self.ring_shape().generation);
         let mut pace = Pace::new();
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;

@@ -86,7 +86,7 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                     rt.synced.send_replace(ring.generation);
                 }
             }
-            if !rt.synced_for(rt.ring().generation) {
+            if !rt.synced_for(rt.ring_shape().generation) {
                 // Something was unreachable or placement moved under us: go again soon.
                 due = true;
                 tokio::select! {
