@@ -24,7 +24,7 @@
 //! | `mycorrizal_cache_read_repairs_total`, `..._loads_total` | counter | |
 //! | `mycorrizal_cache_hints_pending`, `..._hints_pending_bytes` | gauge | |
 //! | `mycorrizal_cache_hints_total` | counter | `outcome` (queued, replayed, dropped) |
-//! | `mycorrizal_cache_sync_rounds_total`, `..._handed_off_total` | counter | |
+//! | `mycorrizal_cache_sync_rounds_total`, `..._sync_failures_total`, `..._handed_off_total` | counter | |
 //! | `mycorrizal_cache_sync_records_total`, `..._sync_bytes_total` | counter | `direction` (sent, received) |
 //! | `mycorrizal_bucket_entries`, `..._bytes`, `..._tombstones` | gauge | `bucket` |
 //! | `mycorrizal_bucket_hits_total`, `..._misses_total`, `..._evictions_total`, `..._expirations_total`, `..._rejected_total` | counter | `bucket` |
@@ -370,6 +370,13 @@ impl Collector for Sources {
             ],
         )?;
         one(&mut e, "mycorrizal_cache_sync_rounds", "Sync rounds completed", C, c.sync_rounds)?;
+        one(
+            &mut e,
+            "mycorrizal_cache_sync_failures",
+            "Peers a sync round could not finish its exchanges with (retried next round)",
+            C,
+            c.sync_failures,
+        )?;
         family(
             &mut e,
             "mycorrizal_cache_sync_records",

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use mycorrizal::{
     NodeId,
-    cache::{CacheBucket, CacheError, NotLocal, WriteOptions},
+    cache::{CacheBucket, CacheConfig, CacheError, NotLocal, WriteOptions},
     clock::{Clock, SkewedClock, TokioClock},
     cluster::{ClusterConfig, MemberState, Node},
     core::quorum::Consistency,
@@ -38,6 +38,7 @@ struct Sim {
     net: SimNetwork,
     clock: Arc<TokioClock>,
     seed: u64,
+    cache: CacheConfig,
 }
 
 impl Sim {
@@ -46,6 +47,7 @@ impl Sim {
             net: SimNetwork::new(SimConfig::new(seed)),
             clock: Arc::new(TokioClock::new(T0)),
             seed,
+            cache: CacheConfig::lan(),
         }
     }
 
@@ -62,6 +64,7 @@ impl Sim {
         };
         let mut c = ClusterConfig::lan("cache", id(i), addr(i));
         c.seeds = vec![addr(1), addr(2)];
+        c.cache = self.cache.clone();
         Node::builder(c)
             .trust(Trust::cluster_secret(SECRET).unwrap())
             .transport(Arc::new(self.net.transport(id(i), addr(i))))
@@ -359,7 +362,7 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
         .iter()
         .map(|n| {
             let s = n.cache().stats();
-            s.sync_records_sent + s.sync_records_received
+            s.sync_records_received
         })
         .sum();
     // A fifth node joins.
@@ -398,7 +401,7 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
         .iter()
         .map(|n| {
             let s = n.cache().stats();
-            s.sync_records_sent + s.sync_records_received
+            s.sync_records_received
         })
         .sum();
     println!(
@@ -447,6 +450,52 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
     for (k, v) in sample {
         assert_eq!(v, Some(Bytes::from(format!("value-{k}"))));
     }
+}
+
+/// A joining node's pull is streamed: the peer pushes what the new node lacks as sync writes
+/// during one version exchange, and the new node waits as long as they keep arriving. Here
+/// the throttle is so slow that each pull lasts about a hundred of the new node's exchange
+/// timeouts; not one exchange fails, and the node ends up holding exactly what it owns.
+#[tokio::test(start_paused = true)]
+async fn a_slow_streamed_pull_outlasts_its_timeout_while_records_keep_arriving() {
+    const KEYS: u32 = 3_000;
+    let mut sim = Sim::new(12);
+    sim.cache.request_timeout = Duration::from_millis(100);
+    sim.cache.sync_rate = 64 * 1024;
+    sim.cache.sync_batch_bytes = 16 * 1024;
+    let mut nodes = sim.cluster(2).await;
+    let config = BucketConfig::builder("slow").max_entries(100_000).replicas(2).build().unwrap();
+    let b = nodes[0].cache().create_bucket(config).await.unwrap();
+    let value = |k: u32| Bytes::from(format!("{k:01000}"));
+    for k in 0..KEYS {
+        b.set(format!("key-{k}"), value(k)).await.unwrap();
+    }
+    all_ready(&nodes).await;
+    let failures = |nodes: &[Node]| nodes.iter().map(|n| n.cache().stats().sync_failures).sum();
+    let failures_before: u64 = failures(&nodes);
+    nodes.push(sim.start(3).await);
+    within(Duration::from_secs(30), "n3 joins", || all_alive(&nodes, 3)).await;
+    let took = within(Duration::from_secs(600), "n3 filled", || {
+        nodes.iter().all(|n| {
+            let s = n.cache().stats();
+            n.cache().is_ready() && s.synced_generation == s.ring_generation
+        })
+    })
+    .await;
+    let n3 = nodes[2].cache().bucket("slow").unwrap();
+    let owned: Vec<String> = (0..KEYS)
+        .map(|k| format!("key-{k}"))
+        .filter(|k| n3.owners(k).contains(nodes[2].id()))
+        .collect();
+    // About two thirds of 3 MB at 64 KiB/s: half a minute, against a 100 ms request timeout.
+    let exchange_timeout = Duration::from_millis(400);
+    assert!(took > exchange_timeout * 50, "the pull took only {took:?}");
+    assert_eq!(failures(&nodes), failures_before, "an exchange failed during the slow pull");
+    for k in &owned {
+        let v = n3.local_record(k).and_then(|r| r.value().cloned());
+        assert_eq!(v, Some(value(k["key-".len()..].parse().unwrap())), "{k} on n3");
+    }
+    assert!(nodes[2].cache().stats().sync_records_received >= owned.len() as u64);
 }
 
 #[tokio::test(start_paused = true)]

@@ -240,6 +240,12 @@ pub struct Write {
     /// Records.
     #[prost(message, repeated, tag = "2")]
     pub entries: Vec<Entry>,
+    /// Sent by the background sync (rebalancing, repair, hand-off, hint replay), not by a
+    /// client's write: the receiver counts it as sync traffic, and a node waiting on a version
+    /// exchange with the sender takes it as that exchange's progress (the answer to a new
+    /// node's exchange streams as such writes; see `cache::sync`).
+    #[prost(bool, tag = "3")]
+    pub sync: bool,
 }
 
 /// A replica read.

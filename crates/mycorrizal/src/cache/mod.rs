@@ -96,13 +96,17 @@ pub struct CacheStats {
     pub hints_dropped: u64,
     /// Sync rounds (rebalancing and anti-entropy) completed.
     pub sync_rounds: u64,
-    /// Records sent by rebalancing and anti-entropy.
+    /// Peers a sync round could not finish its exchanges with (a catalog, digest or version
+    /// exchange, or a push, failed or timed out); each is tried again in the next round.
+    pub sync_failures: u64,
+    /// Records sent by rebalancing, anti-entropy, hand-offs and hint replay.
     pub sync_records_sent: u64,
-    /// Records received by anti-entropy exchanges started here.
+    /// Records received the same ways: pushed here by peers, or pulled by exchanges started
+    /// here. Every record moved is received once, so the sum over the cluster is what moved.
     pub sync_records_received: u64,
-    /// Bytes sent by rebalancing and anti-entropy (after throttling).
+    /// Bytes sent by rebalancing, anti-entropy, hand-offs and hint replay (after throttling).
     pub sync_bytes_sent: u64,
-    /// Bytes pulled from peers by exchanges started here (throttled by the same budget).
+    /// Bytes received the same ways (pulled bytes count against this node's throttle too).
     pub sync_bytes_received: u64,
     /// Records dropped here after their new owners confirmed them.
     pub handed_off: u64,
@@ -498,6 +502,7 @@ impl CacheBucket {
         let op = CacheOp::Write(Write {
             bucket: s.name.to_string(),
             entries: vec![Entry { key, record: Some(WireRecord::from(&newest)) }],
+            sync: false,
         });
         tokio::spawn(async move {
             if let Err(e) = rt.call(&owner, op, rt.config.request_timeout).await {
@@ -728,6 +733,7 @@ impl CacheBucket {
                         key: key.clone(),
                         record: Some(WireRecord::from(&record)),
                     }],
+                    sync: false,
                 });
                 let r = rt.call(&target, op, rt.config.request_timeout).await;
                 match &r {

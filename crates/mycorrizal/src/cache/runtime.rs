@@ -34,18 +34,15 @@ use super::{
 };
 use crate::{
     cluster::{MembershipView, MessagingError, Responder, link::Links},
-    store::{BucketName, Store, WriteOutcome},
+    store::{BucketName, Store, WriteOutcome, wire_size},
 };
 
 /// Waiters parked on one key's lease before new ones get `Overloaded`.
 const MAX_LEASE_WAITERS: usize = 4096;
-/// Largest `newer` answer to a `Versions` request, bytes.
-///
-/// Each answer is one walk over the whole bucket, so the budget decides how many walks a new
-/// node's first pull costs: at 4 MiB, a node joining three holding 1M entries of 100 bytes
-/// caused ~27 walks of a million entries each. Links carry messages up to 16 MiB; 12 MiB
-/// leaves room for the encoding.
-const EXCHANGE_REPLY_BYTES: usize = 12 * 1024 * 1024;
+/// Longest a node waits on one version exchange while the peer keeps streaming records to it
+/// (see [`Runtime::call_streamed`]). Not a correctness limit: what arrived is kept, and the next
+/// round's exchange streams only the rest.
+const STREAMED_EXCHANGE_LIMIT: Duration = Duration::from_secs(3600);
 
 pub(crate) type Refusal = (ErrorCode, String);
 
@@ -62,6 +59,7 @@ pub(crate) struct Counters {
     pub hints_replayed: AtomicU64,
     pub hints_dropped: AtomicU64,
     pub sync_rounds: AtomicU64,
+    pub sync_failures: AtomicU64,
     pub sync_records_sent: AtomicU64,
     pub sync_records_received: AtomicU64,
     pub sync_bytes_sent: AtomicU64,
@@ -121,6 +119,9 @@ pub(crate) struct Runtime {
     throttle: tokio::sync::Mutex<tokio::time::Instant>,
     /// From a write's start until each peer replica applied it.
     pub replication: prometheus_client::metrics::histogram::Histogram,
+    /// Sync writes received from each peer: what a node waiting on a streamed version
+    /// exchange with that peer watches for progress ([`Runtime::call_streamed`]).
+    pushes: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl Runtime {
@@ -154,6 +155,7 @@ impl Runtime {
             kick: Notify::new(),
             throttle: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             replication: crate::metrics::latency_histogram(),
+            pushes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,6 +214,7 @@ impl Runtime {
             hints_replayed: c.hints_replayed.load(Relaxed),
             hints_dropped: c.hints_dropped.load(Relaxed),
             sync_rounds: c.sync_rounds.load(Relaxed),
+            sync_failures: c.sync_failures.load(Relaxed),
             sync_records_sent: c.sync_records_sent.load(Relaxed),
             sync_records_received: c.sync_records_received.load(Relaxed),
             sync_bytes_sent: c.sync_bytes_sent.load(Relaxed),
@@ -259,7 +262,8 @@ impl Runtime {
             return match op {
                 CacheOp::Lease(l) => self.lease(l.bucket, l.key).await.map_err(remote),
                 op @ (CacheOp::Digests(_) | CacheOp::Versions(_)) => {
-                    self.serve_walk(&self.me.clone(), op).await.map_err(remote)
+                    // Boxed: answering an exchange may call (push to) the asker.
+                    Box::pin(self.serve_walk(&self.me.clone(), op)).await.map_err(remote)
                 }
                 op => self.serve(op).map_err(remote),
             };
@@ -270,6 +274,44 @@ impl Runtime {
             .ok()
             .and_then(|r| r.reply)
             .ok_or_else(|| remote((ErrorCode::BadRequest, "malformed cache response".to_owned())))
+    }
+
+    /// Sends a version exchange to `to` and waits for its answer, which a peer that holds
+    /// records this node lacks gives only after streaming them here as sync writes: as long
+    /// as such writes keep arriving from `to`, the wait goes on; it fails after `idle` without
+    /// either (or after [`STREAMED_EXCHANGE_LIMIT`] in all).
+    pub async fn call_streamed(
+        self: &Arc<Self>,
+        to: &NodeId,
+        op: CacheOp,
+        idle: Duration,
+    ) -> Result<CacheReply, MessagingError> {
+        let call = self.call(to, op, STREAMED_EXCHANGE_LIMIT);
+        tokio::pin!(call);
+        let mut seen = self.pushes_from(to);
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut call => return answer,
+                _ = tokio::time::sleep(idle) => {
+                    let now = self.pushes_from(to);
+                    if now == seen {
+                        return Err(MessagingError::Timeout(to.clone()));
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
+
+    fn pushes_from(&self, peer: &NodeId) -> u64 {
+        crate::sync::lock(&self.pushes).get(peer).copied().unwrap_or(0)
+    }
+
+    /// Counts a sync write from `peer` (a member: the map holds at most one entry per node
+    /// ever seen, a few words each).
+    fn pushed_by(&self, peer: &NodeId) {
+        *crate::sync::lock(&self.pushes).entry(peer.clone()).or_default() += 1;
     }
 
     // ----- serving replicas -----
@@ -293,6 +335,17 @@ impl Runtime {
             CacheOp::Write(w) => {
                 let b = self.bucket(&w.bucket)?;
                 let single = w.entries.len() == 1;
+                if w.sync {
+                    let bytes: usize = w
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            wire_size(e.key.len(), e.record.as_ref().map_or(0, |r| r.value.len()))
+                        })
+                        .sum();
+                    self.counters.sync_records_received.fetch_add(w.entries.len() as u64, Relaxed);
+                    self.counters.sync_bytes_received.fetch_add(bytes as u64, Relaxed);
+                }
                 let mut written = Written::default();
                 for e in w.entries {
                     let record = e
@@ -346,7 +399,11 @@ impl Runtime {
 
     /// Handles the operations that walk a whole bucket (`Digests`, `Versions`); the walk is
     /// paced (`walk::Pace`).
-    pub async fn serve_walk(&self, from: &NodeId, op: CacheOp) -> Result<CacheReply, Refusal> {
+    pub async fn serve_walk(
+        self: &Arc<Self>,
+        from: &NodeId,
+        op: CacheOp,
+    ) -> Result<CacheReply, Refusal> {
         match op {
             CacheOp::Digests(d) => {
                 let b = self.bucket(&d.bucket)?;
@@ -432,7 +489,16 @@ impl Runtime {
     }
 
     /// Answers a peer's versions: which it should send us, and what we hold that it lacks.
-    async fn exchange(&self, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
+    /// Answers a version exchange: which of `v`'s keys this node needs (pushed by the asker
+    /// afterwards) and the records it holds newer than the asker, or that the asker lacks.
+    ///
+    /// Those records are found in one walk over the bucket, and streamed to the asker as sync
+    /// writes while the walk goes on, `sync_batch_bytes` at a time under this node's throttle;
+    /// the answer carries only the last batch. A joining node's pull from each peer is so one
+    /// walk here, however much it moves (with answers of at most 12 MiB each it took ~65 walks
+    /// of a million entries for a 4th node joining three). If a push fails the walk stops and
+    /// the answer says `more`: the asker asks again, for what it still lacks.
+    async fn exchange(self: &Arc<Self>, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
         let now = self.store.clock().now_ms();
         let mut need = Vec::new();
         let mut theirs: HashMap<Bytes, KeyVersion> = HashMap::with_capacity(v.versions.len());
@@ -473,16 +539,19 @@ impl Runtime {
             let ahead = theirs
                 .get(e.key())
                 .is_none_or(|kv| (kv.time, kv.node) < (version.time.to_raw(), version.node.0));
-            if ahead {
-                let size = e.wire_size();
-                if bytes + size > EXCHANGE_REPLY_BYTES && !reply.newer.is_empty() {
-                    reply.more = true;
-                    break;
-                }
-                bytes += size;
-                let key = e.key_bytes();
-                reply.newer.push(Entry { record: Some(WireRecord::from(&e.into_record())), key });
+            if !ahead {
+                continue;
             }
+            if bytes >= self.config.sync_batch_bytes {
+                let batch = std::mem::take(&mut reply.newer);
+                if !super::sync::send(self, b, from, batch, std::mem::take(&mut bytes)).await {
+                    reply.more = true;
+                    return reply;
+                }
+            }
+            bytes += e.wire_size();
+            let key = e.key_bytes();
+            reply.newer.push(Entry { record: Some(WireRecord::from(&e.into_record())), key });
         }
         reply
     }
@@ -711,7 +780,13 @@ impl CacheDispatch {
                 // thread would let virtual time run ahead of the work.
                 tokio::spawn(async move { answer(rt.serve_walk(&from, op).await, reply) });
             }
-            op => answer(rt.serve(op), reply),
+            op => {
+                let pushed = matches!(&op, CacheOp::Write(w) if w.sync);
+                answer(rt.serve(op), reply);
+                if pushed {
+                    rt.pushed_by(from);
+                }
+            }
         }
     }
 }

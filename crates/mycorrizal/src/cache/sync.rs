@@ -6,9 +6,12 @@
 //! 2. For each bucket and each live peer, range digests of the keys both own are compared
 //!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
 //!    the peer answers with the keys it needs and the records it holds newer. Only differences
-//!    move. A node that just joined holds nothing, so every shared range differs and it pulls
-//!    what it owns from each peer; while it fills, it asks its peers for nothing in their own
-//!    rounds (it pulls the same records in its own).
+//!    move. The peer finds its newer records in one walk and streams them as sync writes while
+//!    it walks, so however much moves an exchange is one walk on each side; the asker waits as
+//!    long as the writes keep coming (`Runtime::call_streamed`). A node that just joined holds
+//!    nothing, so every shared range differs and it pulls what it owns from each peer; while it
+//!    fills, it asks its peers for nothing in their own rounds (it pulls the same records in
+//!    its own).
 //! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
 //!    the records they lack are sent, and the key is dropped only once every owner confirmed
 //!    it holds that version or newer.
@@ -44,8 +47,11 @@ use super::{
     walk::{self, Pace},
 };
 
-/// Largest batch of versions in one message, bytes (versions are small: key plus 17 bytes).
-const VERSIONS_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Largest batch of versions in one message, bytes (a version is its key plus about 24 bytes
+/// encoded). Each batch of a reconciliation is one walk over the peer's bucket, so batches are
+/// as large as links carry (16 MiB messages) with room to spare: a node holding 750,000 keys
+/// sends its versions in 2 batches instead of 6 at 4 MiB.
+const VERSIONS_BATCH_BYTES: usize = 12 * 1024 * 1024;
 /// Hints replayed per message.
 const HINT_BATCH: usize = 256;
 
@@ -166,6 +172,7 @@ async fn round(rt: &Arc<Runtime>, ring: &Ring) -> RoundResult {
     for bucket in rt.catalog.all() {
         handed_off &= sync_bucket(rt, ring, &bucket, &peers, &mut failed).await;
     }
+    rt.counters.sync_failures.fetch_add(failed.len() as u64, Relaxed);
     RoundResult { synced: peers.into_iter().filter(|p| !failed.contains(p)).collect(), handed_off }
 }
 
@@ -283,7 +290,8 @@ async fn reconcile(
                 versions: versions.clone(),
                 handoff: false,
             });
-            let ex = match rt.call(peer, op, walk_timeout(rt, b)).await {
+            // The peer streams what it holds newer as sync writes before it answers.
+            let ex = match rt.call_streamed(peer, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex,
                 Ok(_) => return false,
                 Err(e) => {
@@ -334,44 +342,49 @@ async fn reconcile(
 async fn push(rt: &Arc<Runtime>, b: &BucketState, peer: &NodeId, keys: &[Bytes]) -> bool {
     let mut batch: Vec<Entry> = Vec::new();
     let mut size = 0;
-    let mut i = 0;
-    while i <= keys.len() {
-        let flush = i == keys.len() || size >= rt.config.sync_batch_bytes;
-        if flush && !batch.is_empty() {
-            rt.throttle(size).await;
-            let n = batch.len() as u64;
-            let op = CacheOp::Write(Write {
-                bucket: b.name.to_string(),
-                entries: std::mem::take(&mut batch),
-            });
-            match rt.call(peer, op, rt.config.request_timeout * 4).await {
-                Ok(CacheReply::Written(w)) => {
-                    rt.counters.sync_records_sent.fetch_add(n, Relaxed);
-                    if w.refused > 0 {
-                        // Not stored there (too large for its bucket, or too far ahead of its
-                        // clock): this node must keep its copy.
-                        tracing::warn!(node = %rt.me, peer = %peer, refused = w.refused, "peer refused synced records");
-                        return false;
-                    }
-                }
-                Ok(_) => return false,
-                Err(e) => {
-                    tracing::debug!(node = %rt.me, peer = %peer, error = %e, "sync push failed");
-                    return false;
-                }
-            }
-            size = 0;
+    for key in keys {
+        if size >= rt.config.sync_batch_bytes
+            && !send(rt, b, peer, std::mem::take(&mut batch), std::mem::take(&mut size)).await
+        {
+            return false;
         }
-        if i == keys.len() {
-            break;
+        if let Some(rec) = b.local.record(key) {
+            size += wire_size(key.len(), rec.value().map_or(0, Bytes::len));
+            batch.push(Entry { key: key.clone(), record: Some(WireRecord::from(&rec)) });
         }
-        if let Some(rec) = b.local.record(&keys[i]) {
-            size += wire_size(keys[i].len(), rec.value().map_or(0, Bytes::len));
-            batch.push(Entry { key: keys[i].clone(), record: Some(WireRecord::from(&rec)) });
-        }
-        i += 1;
     }
-    true
+    batch.is_empty() || send(rt, b, peer, batch, size).await
+}
+
+/// Sends one batch of records (`size` bytes on the wire, roughly) to `peer` as a sync write,
+/// under the throttle. Returns whether the peer stored all of them.
+pub(crate) async fn send(
+    rt: &Arc<Runtime>,
+    b: &BucketState,
+    peer: &NodeId,
+    entries: Vec<Entry>,
+    size: usize,
+) -> bool {
+    rt.throttle(size).await;
+    let n = entries.len() as u64;
+    let op = CacheOp::Write(Write { bucket: b.name.to_string(), entries, sync: true });
+    match rt.call(peer, op, rt.config.request_timeout * 4).await {
+        Ok(CacheReply::Written(w)) => {
+            rt.counters.sync_records_sent.fetch_add(n, Relaxed);
+            if w.refused > 0 {
+                // Not stored there (too large for its bucket, or too far ahead of its clock):
+                // this node must keep its copy.
+                tracing::warn!(node = %rt.me, peer = %peer, refused = w.refused, "peer refused synced records");
+                return false;
+            }
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(node = %rt.me, peer = %peer, error = %e, "sync push failed");
+            false
+        }
+    }
 }
 
 /// Offers every key this node holds but does not own (in `ring`, or in `ring` without this
@@ -497,7 +510,7 @@ async fn replay_hints(rt: &Arc<Runtime>) {
             }
             let mut delivered = true;
             for (bucket, entries) in by_bucket {
-                let op = CacheOp::Write(Write { bucket, entries });
+                let op = CacheOp::Write(Write { bucket, entries, sync: true });
                 if rt.call(&node, op, rt.config.request_timeout).await.is_err() {
                     delivered = false;
                     break;
