@@ -1,7 +1,7 @@
-//! What an eavesdropper sees. A recording proxy sits between two nodes on 127.0.0.x (node B
-//! advertises the proxy's address, so everything A sends to B, streams and gossip, crosses
-//! it). Neither the cluster secret nor a known application payload appears in any captured
-//! byte, TCP or UDP.
+//! What an eavesdropper sees. A recording proxy sits in front of each of two nodes on
+//! 127.0.0.x (each node advertises its proxy's address, so everything either sends the other,
+//! streams and gossip, crosses a proxy). Neither the cluster secret nor a known application
+//! payload appears in any captured byte, TCP or UDP.
 
 use std::{
     net::SocketAddr,
@@ -46,54 +46,84 @@ async fn pump(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recording_proxy_sees_neither_the_secret_nor_the_payload() {
-    let tcp_tape: Tape = Arc::default();
-    let udp_tape: Tape = Arc::default();
-
-    // The proxy's address is B's advertised address; B listens on the same port, another IP.
-    let proxy_tcp = TcpListener::bind("127.0.0.53:0").await.unwrap();
-    let proxy_addr = proxy_tcp.local_addr().unwrap();
-    let proxy_udp = UdpSocket::bind(proxy_addr).await.unwrap();
-    let b_addr = SocketAddr::from(([127, 0, 0, 52], proxy_addr.port()));
-
-    let trust = Trust::cluster_secret(SECRET).unwrap();
-    let mut cb = ClusterConfig::lan("tap", NodeId::new("b").unwrap(), b_addr);
-    cb.advertise = Some(proxy_addr);
-    let b = Node::builder(cb).trust(trust.clone()).start().await.unwrap();
-    let mut ca =
-        ClusterConfig::lan("tap", NodeId::new("a").unwrap(), "127.0.0.51:0".parse().unwrap());
-    ca.seeds = vec![proxy_addr];
-
-    {
-        let tape = tcp_tape.clone();
+/// A node behind a recording proxy: the proxy listens (TCP and UDP) on `proxy_ip`, the node on
+/// the same port at `node_ip`, and the node advertises the proxy's address, so every stream
+/// and datagram a peer sends it crosses the proxy. With a proxy in front of each node,
+/// everything between them is captured, whichever of them opens the link (the pair shares
+/// one).
+///
+/// The kernel picks the port for the proxy's TCP socket only; another test running at the
+/// same time may hold it for UDP, or on the node's address, so a few ports are tried.
+async fn proxied(
+    name: &str,
+    node_ip: [u8; 4],
+    proxy_ip: [u8; 4],
+    seeds: Vec<SocketAddr>,
+    trust: &Trust,
+    tapes: (&Tape, &Tape),
+) -> (Node, SocketAddr) {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let proxy_tcp = TcpListener::bind(SocketAddr::from((proxy_ip, 0))).await.unwrap();
+        let proxy_addr = proxy_tcp.local_addr().unwrap();
+        let proxy_udp = match UdpSocket::bind(proxy_addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                last = format!("proxy UDP {proxy_addr}: {e}");
+                continue;
+            }
+        };
+        let node_addr = SocketAddr::from((node_ip, proxy_addr.port()));
+        let mut config = ClusterConfig::lan("tap", NodeId::new(name).unwrap(), node_addr);
+        config.advertise = Some(proxy_addr);
+        config.seeds = seeds.clone();
+        let node = match Node::builder(config).trust(trust.clone()).start().await {
+            Ok(node) => node,
+            Err(e) => {
+                last = format!("node {name} on {node_addr}: {e}");
+                continue;
+            }
+        };
+        // Sockets are bound: anything sent before these tasks run waits in their queues.
+        let tape = tapes.0.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = proxy_tcp.accept().await {
-                let Ok(server) = TcpStream::connect(b_addr).await else { continue };
+                let Ok(server) = TcpStream::connect(node_addr).await else { continue };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 tokio::spawn(pump(cr, sw, tape.clone()));
                 tokio::spawn(pump(sr, cw, tape.clone()));
             }
         });
-        let tape = udp_tape.clone();
+        let tape = tapes.1.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok((n, _)) = proxy_udp.recv_from(&mut buf).await {
                 tape.lock().unwrap().extend_from_slice(&buf[..n]);
-                let _ = proxy_udp.send_to(&buf[..n], b_addr).await;
+                let _ = proxy_udp.send_to(&buf[..n], node_addr).await;
             }
         });
+        return (node, proxy_addr);
     }
+    panic!("no free port for node {name} and its proxy: {last}");
+}
 
-    let a = Node::builder(ca).trust(trust).start().await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_proxy_sees_neither_the_secret_nor_the_payload() {
+    let tcp_tape: Tape = Arc::default();
+    let udp_tape: Tape = Arc::default();
+    let tapes = (&tcp_tape, &udp_tape);
+    let trust = Trust::cluster_secret(SECRET).unwrap();
+    let (b, b_proxy) = proxied("b", [127, 0, 0, 52], [127, 0, 0, 53], vec![], &trust, tapes).await;
+    let (a, _) = proxied("a", [127, 0, 0, 51], [127, 0, 0, 54], vec![b_proxy], &trust, tapes).await;
+
     let mut view = a.watch_members();
     tokio::time::timeout(
         Duration::from_secs(20),
         view.wait_for(|v| v.get(b.id()).is_some_and(|m| m.state == MemberState::Alive)),
     )
     .await
-    .expect("a sees b through the proxy")
+    .expect("a sees b through the proxies")
     .unwrap();
 
     let mut requests = b.application("orders").requests().unwrap();
@@ -105,7 +135,7 @@ async fn a_recording_proxy_sees_neither_the_secret_nor_the_payload() {
     });
     let answer =
         a.application("orders").request(b.id(), PAYLOAD, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(answer, PAYLOAD.as_bytes(), "the request really crossed the proxy");
+    assert_eq!(answer, PAYLOAD.as_bytes(), "the request really crossed a proxy");
 
     let tcp = tcp_tape.lock().unwrap().clone();
     let udp = udp_tape.lock().unwrap().clone();

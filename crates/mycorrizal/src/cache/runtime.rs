@@ -488,7 +488,6 @@ impl Runtime {
         digests
     }
 
-    /// Answers a peer's versions: which it should send us, and what we hold that it lacks.
     /// Answers a version exchange: which of `v`'s keys this node needs (pushed by the asker
     /// afterwards) and the records it holds newer than the asker, or that the asker lacks.
     ///
@@ -549,9 +548,11 @@ impl Runtime {
                     return reply;
                 }
             }
-            bytes += e.wire_size();
-            let key = e.key_bytes();
-            reply.newer.push(Entry { record: Some(WireRecord::from(&e.into_record())), key });
+            // The walk saw the header; the record sent is the current one (newer, if a write
+            // came since; gone, if it was evicted or expired).
+            let Some(record) = b.local.record(e.key()) else { continue };
+            bytes += wire_size(e.key().len(), record.value().map_or(0, Bytes::len));
+            reply.newer.push(Entry { key: e.key_bytes(), record: Some(WireRecord::from(&record)) });
         }
         reply
     }

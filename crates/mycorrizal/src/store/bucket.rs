@@ -22,6 +22,7 @@
 //! engine evicts *before* admitting a new entry.
 
 use std::{
+    cell::Cell,
     hash::{BuildHasher, Hash},
     sync::{Arc, Mutex},
     time::Duration,
@@ -60,7 +61,6 @@ use super::key::Key;
 /// A [`Record`] as the engine stores it: 56 bytes instead of 64. A `get` of a random key is
 /// bound by cache misses, and fewer entries straddling two cache lines was measurable (see
 /// docs/BENCHMARKS.md); the key (`key.rs`) keeps short keys in the entry for the same reason.
-#[derive(Clone)]
 struct Slot {
     /// The value; empty for a tombstone.
     value: Bytes,
@@ -74,6 +74,57 @@ struct Slot {
 
 const TOMBSTONE_BIT: u64 = 1 << 63;
 const NO_EXPIRY: u64 = TOMBSTONE_BIT - 1;
+
+thread_local! {
+    /// Set while this thread advances a [`Bucket::scan`]. The engine's iterator clones each
+    /// entry it yields, and cloning a value is an atomic increment on a reference count in
+    /// another cache line (and, the first time, an allocation: `Bytes` makes its count when a
+    /// value is first shared). A scan wants the record's header only; walks over a million
+    /// entries spent a third of a rebalance's CPU on those clones (docs/BENCHMARKS.md).
+    static HEADERS_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Clone for Slot {
+    #[inline]
+    fn clone(&self) -> Slot {
+        let value = if HEADERS_ONLY.get() { Bytes::new() } else { self.value.clone() };
+        Slot { value, time: self.time, node: self.node, meta: self.meta }
+    }
+}
+
+/// Clears [`HEADERS_ONLY`] when dropped, so a panic inside the engine cannot leave this
+/// thread's later reads without values.
+struct HeadersOnly;
+
+impl HeadersOnly {
+    #[inline]
+    fn begin() -> HeadersOnly {
+        HEADERS_ONLY.set(true);
+        HeadersOnly
+    }
+}
+
+impl Drop for HeadersOnly {
+    #[inline]
+    fn drop(&mut self) {
+        HEADERS_ONLY.set(false);
+    }
+}
+
+/// The engine's iterator, yielding entries without their values (see [`HEADERS_ONLY`]).
+struct Headers<'a>(
+    quick_cache::sync::Iter<'a, Key, Slot, EntryWeighter, DefaultHashBuilder, Departures>,
+);
+
+impl Iterator for Headers<'_> {
+    type Item = Scanned;
+
+    #[inline]
+    fn next(&mut self) -> Option<Scanned> {
+        let _headers = HeadersOnly::begin();
+        self.0.next().map(|(key, slot)| Scanned { key, slot })
+    }
+}
 
 impl Slot {
     fn from_record(r: Record) -> Slot {
@@ -124,7 +175,7 @@ impl Slot {
     }
 }
 
-/// One entry seen by [`Bucket::scan`].
+/// One entry seen by [`Bucket::scan`]: its key and record header, not its value.
 pub(crate) struct Scanned {
     key: Key,
     slot: Slot,
@@ -160,16 +211,6 @@ impl Scanned {
     #[inline]
     pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
         self.slot.is_expired(now_ms)
-    }
-
-    /// Bytes this entry takes on the wire, roughly: see [`wire_size`].
-    #[inline]
-    pub(crate) fn wire_size(&self) -> usize {
-        wire_size(self.key.len(), self.slot.value.len())
-    }
-
-    pub(crate) fn into_record(self) -> Record {
-        self.slot.into_record()
     }
 }
 
@@ -500,14 +541,18 @@ impl Bucket {
     /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
     /// anti-entropy; does not count as reads.
     pub fn entries(&self) -> impl Iterator<Item = (Bytes, Record)> + '_ {
-        self.scan().map(|e| (e.key_bytes(), e.into_record()))
+        self.inner
+            .engine
+            .iter()
+            .map(|(key, slot)| (Bytes::copy_from_slice(&key), slot.into_record()))
     }
 
-    /// Every stored entry as the engine holds it, for walks that look at most entries and keep
-    /// few (digests, version exchanges, hand-offs): nothing is allocated until the caller asks
-    /// for the key as [`Bytes`] or for the [`Record`].
+    /// Every stored entry's key and record header, for walks that look at most entries and
+    /// keep few (digests, version exchanges, hand-offs): no value is touched, and nothing is
+    /// allocated until the caller asks for the key as [`Bytes`]. A walk that keeps an entry
+    /// reads its record with [`Bucket::record`].
     pub(crate) fn scan(&self) -> impl Iterator<Item = Scanned> + '_ {
-        self.inner.engine.iter().map(|(key, slot)| Scanned { key, slot })
+        Headers(self.inner.engine.iter())
     }
 
     /// A snapshot of this bucket's counters.
@@ -689,6 +734,32 @@ mod tests {
             Duration::from_secs(1),
         ));
         Bucket::new(config, clock, 1_000).unwrap()
+    }
+
+    /// A scan copies record headers, never values: what it yields shares no value (a clone
+    /// would be an atomic increment in another cache line for every entry walked), and reads
+    /// on the same thread, during the scan and after it, still get theirs.
+    #[test]
+    fn a_scan_yields_headers_and_leaves_values_alone() {
+        let b = bucket(BucketConfig::builder("b").max_entries(100).build().unwrap());
+        let value = |i: u8| Bytes::from(vec![i; 100]);
+        for i in 0..10u8 {
+            b.apply([i], Record::live(Timestamp::default(), value(i), None)).unwrap();
+        }
+        let mut scan = b.scan();
+        let mut seen: Vec<Scanned> = scan.by_ref().take(4).collect();
+        let k = seen[0].key()[0];
+        assert_eq!(b.get([k]), Some(value(k)), "a read in the middle of a scan");
+        seen.extend(scan);
+        assert_eq!(seen.len(), 10);
+        assert_eq!(b.record([k]).and_then(|r| r.value().cloned()), Some(value(k)));
+        for e in &seen {
+            assert!(e.slot.value.is_empty(), "a scan copied a value");
+            assert_eq!(e.version(), Timestamp::default());
+            let (_, stored) = b.inner.engine.remove(e.key()).unwrap();
+            assert_eq!(stored.value, value(e.key()[0]));
+            assert!(stored.value.is_unique(), "a value is shared with what the scan yielded");
+        }
     }
 
     /// `admissible_weight` is exactly the engine's limit: an entry of that weight is stored, one
