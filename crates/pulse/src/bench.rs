@@ -174,6 +174,8 @@ struct RebalanceFigures {
     ready_after_s: f64,
     bytes_moved: u64,
     records_moved: u64,
+    /// Exchanges the nodes' sync rounds could not finish during the join (retried).
+    sync_failures: u64,
     entries_on_new_node: u64,
     p99_before_us: f64,
     p99_during_us: f64,
@@ -669,13 +671,13 @@ async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<
     stop.store(true, Relaxed);
     let before = steady.await?;
     let sent = |nodes: &[&Node]| {
-        nodes.iter().fold((0, 0), |(r, b), n| {
+        nodes.iter().fold((0, 0, 0), |(r, b, f), n| {
             let s = n.cache().stats();
             // Every record moved is received once, pulled or pushed.
-            (r + s.sync_records_received, b + s.sync_bytes_received)
+            (r + s.sync_records_received, b + s.sync_bytes_received, f + s.sync_failures)
         })
     };
-    let (records0, bytes0) = sent(&cluster.nodes.iter().collect::<Vec<_>>());
+    let (records0, bytes0, failures0) = sent(&cluster.nodes.iter().collect::<Vec<_>>());
     spinner.set_message("rebalance: a 4th node joins under the same load");
     let start = Instant::now();
     let fourth = start_node(secret, "rebalance", 4, Some(cluster.nodes[0].addr())).await?;
@@ -696,12 +698,13 @@ async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<
     stop.store(true, Relaxed);
     let during = during.await?;
     spinner.finish_and_clear();
-    let (records1, bytes1) = sent(&all);
+    let (records1, bytes1, failures1) = sent(&all);
     let figures = RebalanceFigures {
         entries,
         ready_after_s: took.as_secs_f64(),
         bytes_moved: bytes1 - bytes0,
         records_moved: records1 - records0,
+        sync_failures: failures1 - failures0,
         entries_on_new_node: fourth.cache().bucket("big")?.stats().entries,
         p99_before_us: before.p99_us,
         p99_during_us: during.p99_us,
@@ -941,11 +944,12 @@ fn print_table(report: &Report, json: bool) {
     }
     if let Some(r) = &report.rebalance {
         t.push_str(&format!(
-            "\nrebalance, 4th node joins 3 holding {} entries (RF=3): ready after {:.2} s, {} records / {:.1} MB moved, {} entries on the new node; foreground quorum-set p99 {:.0} µs before, {:.0} µs during\n",
+            "\nrebalance, 4th node joins 3 holding {} entries (RF=3): ready after {:.2} s, {} records / {:.1} MB moved, {} failed exchanges, {} entries on the new node; foreground quorum-set p99 {:.0} µs before, {:.0} µs during\n",
             r.entries,
             r.ready_after_s,
             r.records_moved,
             r.bytes_moved as f64 / 1e6,
+            r.sync_failures,
             r.entries_on_new_node,
             r.p99_before_us,
             r.p99_during_us

@@ -379,7 +379,11 @@ pub struct Exchange {
     /// Records the responder holds newer than the sender, or that the sender lacks.
     #[prost(message, repeated, tag = "2")]
     pub newer: Vec<Entry>,
-    /// `newer` was cut short to bound the message: ask again.
+    /// `newer` was cut short (its records could not all be sent): ask again. In the answer to
+    /// a hand-off: the receiver is filling its replicas from nothing (it has not finished a
+    /// sync round with a peer since it started) and pulls what it owns from the keys' other
+    /// owners, so it declines the offer; the sender sends it only the keys no
+    /// other owner confirmed.
     #[prost(bool, tag = "3")]
     pub more: bool,
 }

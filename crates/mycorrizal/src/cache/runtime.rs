@@ -30,7 +30,7 @@ use super::{
     catalog::{BucketState, Catalog, Merged, config_of},
     config::CacheConfig,
     ring::{Ring, RingCell, Shape},
-    walk::Pace,
+    walk::{Pace, Walks},
 };
 use crate::{
     cluster::{MembershipView, MessagingError, Responder, link::Links},
@@ -122,6 +122,11 @@ pub(crate) struct Runtime {
     /// Sync writes received from each peer: what a node waiting on a streamed version
     /// exchange with that peer watches for progress ([`Runtime::call_streamed`]).
     pushes: Mutex<HashMap<NodeId, u64>>,
+    /// The pacing budget every walk over a bucket on this node shares.
+    pub walks: Walks,
+    /// A sync round with at least one peer completed since this node started. Until then its
+    /// replicas fill from nothing: it pulls everything it owns, and declines hand-offs.
+    pub filled: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -156,6 +161,8 @@ impl Runtime {
             throttle: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             replication: crate::metrics::latency_histogram(),
             pushes: Mutex::new(HashMap::new()),
+            walks: Walks::new(),
+            filled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -473,7 +480,7 @@ impl Runtime {
         if !live.contains(&true) {
             return digests;
         }
-        let mut pace = Pace::new();
+        let mut pace = Pace::new(&self.walks);
         for (kh, e) in b.hashed(now) {
             pace.step().await;
             if !ring.is_mine(kh, rf) {
@@ -498,6 +505,12 @@ impl Runtime {
     /// of a million entries for a 4th node joining three). If a push fails the walk stops and
     /// the answer says `more`: the asker asks again, for what it still lacks.
     async fn exchange(self: &Arc<Self>, b: &BucketState, from: &NodeId, v: Versions) -> Exchange {
+        if v.handoff && !self.filled.load(Relaxed) {
+            // This node has not finished a round with a peer since it started (it just joined,
+            // or restarted empty): its rounds pull everything it owns from its peers. Taking
+            // the offer too moved a joining node's records twice, pulled and handed off.
+            return Exchange { need: Vec::new(), newer: Vec::new(), more: true };
+        }
         let now = self.store.clock().now_ms();
         let mut need = Vec::new();
         let mut theirs: HashMap<Bytes, KeyVersion> = HashMap::with_capacity(v.versions.len());
@@ -506,7 +519,7 @@ impl Runtime {
         // other way). Asking this peer to push the same records too moved every record of a
         // join twice; hand-offs are the exception (only the old holder offers those keys).
         let pulling = !v.handoff && !self.synced_for(self.ring_shape().generation);
-        let mut pace = Pace::new();
+        let mut pace = Pace::new(&self.walks);
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;
             let held = b.local.record(&kv.key);

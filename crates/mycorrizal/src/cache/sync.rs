@@ -14,7 +14,9 @@
 //!    its own).
 //! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
 //!    the records they lack are sent, and the key is dropped only once every owner confirmed
-//!    it holds that version or newer.
+//!    it holds that version or newer. An owner that has not finished a round with a peer
+//!    since it started (it just joined, or restarted empty) declines: it pulls what it owns from the other owners, so it
+//!    is sent only the keys none of them confirmed, and counts as confirmed for the rest.
 //!
 //! Rounds run after membership has been still for `rebalance_delay`, every
 //! `anti_entropy_interval`, and when a bucket is declared. All sending goes through one
@@ -90,6 +92,9 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                     ring.live.iter().filter(|p| **p != rt.me).all(|p| progress.1.contains(p));
                 if everyone && progress.2 {
                     rt.synced.send_replace(ring.generation);
+                    if ring.live.len() > 1 {
+                        rt.filled.store(true, Relaxed);
+                    }
                 }
             }
             if !rt.synced_for(rt.ring_shape().generation) {
@@ -230,7 +235,7 @@ async fn versions_in(
     let now = rt.store.clock().now_ms();
     let mut by_range: BTreeMap<u32, Vec<KeyVersion>> =
         ranges.iter().map(|r| (*r, Vec::new())).collect();
-    let mut pace = Pace::new();
+    let mut pace = Pace::new(&rt.walks);
     for (kh, e) in b.hashed(now) {
         pace.step().await;
         let r = range_of(kh);
@@ -308,7 +313,7 @@ async fn reconcile(
                 .sum();
             rt.throttle_pull(pulled).await;
             // An answer holds up to 12 MiB of records: applied in paced chunks, like a walk.
-            let mut pace = Pace::new();
+            let mut pace = Pace::new(&rt.walks);
             for e in &ex.newer {
                 pace.step().await;
                 if let Some(rec) = e.record.clone().and_then(WireRecord::into_record)
@@ -398,10 +403,10 @@ async fn hand_off(
     let rf = b.config.replicas() as usize;
     let now = rt.store.clock().now_ms();
     let placement = leaving.unwrap_or(ring);
-    // key -> (version, owners not yet confirmed)
-    let mut pending: BTreeMap<Bytes, (Timestamp, usize)> = BTreeMap::new();
+    // key -> (version, owners not yet confirmed, whether an owner confirmed it)
+    let mut pending: BTreeMap<Bytes, (Timestamp, usize, bool)> = BTreeMap::new();
     let mut per_owner: BTreeMap<NodeId, Vec<KeyVersion>> = BTreeMap::new();
-    let mut pace = Pace::new();
+    let mut pace = Pace::new(&rt.walks);
     for (kh, e) in b.hashed(now) {
         pace.step().await;
         if leaving.is_none() && placement.is_mine(kh, rf) {
@@ -420,31 +425,45 @@ async fn hand_off(
                 tombstone,
             ));
         }
-        pending.insert(key, (version, owners.len()));
+        pending.insert(key, (version, owners.len(), false));
     }
     if pending.is_empty() {
         return true;
     }
     let mut complete = true;
+    // Offers declined by an owner still filling from nothing: it pulls what it owns from the
+    // other owners, so it is sent only the keys none of them confirmed.
+    let mut declined: Vec<(NodeId, Vec<KeyVersion>)> = Vec::new();
     for (owner, mut versions) in per_owner {
         versions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let mut confirmed_all = true;
-        for chunk in chunk_versions(versions) {
+        // Small chunks: answering a hand-off offer reads each offered key, no walk, and the
+        // owner's answer (what it lacks) goes stale while the records are pushed, as the owner
+        // may be pulling the same keys from another holder; at 12 MiB of versions per offer a
+        // join moved up to twice the records it needed.
+        for chunk in chunk_versions(versions, rt.config.sync_batch_bytes) {
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
                 ranges: Vec::new(),
                 versions: chunk.clone(),
                 handoff: true,
             });
-            let need = match rt.call(&owner, op, walk_timeout(rt, b)).await {
-                Ok(CacheReply::Exchange(ex)) => ex.need,
+            let ex = match rt.call(&owner, op, walk_timeout(rt, b)).await {
+                Ok(CacheReply::Exchange(ex)) => ex,
                 _ => {
                     confirmed_all = false;
                     break;
                 }
             };
-            let keys: Vec<Bytes> =
-                need.iter().filter_map(|&i| chunk.get(i as usize).map(|v| v.key.clone())).collect();
+            if ex.more {
+                declined.push((owner.clone(), chunk));
+                continue;
+            }
+            let keys: Vec<Bytes> = ex
+                .need
+                .iter()
+                .filter_map(|&i| chunk.get(i as usize).map(|v| v.key.clone()))
+                .collect();
             if !push(rt, b, &owner, &keys).await {
                 confirmed_all = false;
                 break;
@@ -452,13 +471,30 @@ async fn hand_off(
             for v in &chunk {
                 if let Some(p) = pending.get_mut(&v.key) {
                     p.1 -= 1;
+                    p.2 = true;
                 }
             }
         }
         complete &= confirmed_all;
     }
+    for (owner, chunk) in declined {
+        let alone: Vec<Bytes> = chunk
+            .iter()
+            .filter(|v| pending.get(&v.key).is_some_and(|p| !p.2))
+            .map(|v| v.key.clone())
+            .collect();
+        if !push(rt, b, &owner, &alone).await {
+            complete = false;
+            continue;
+        }
+        for v in &chunk {
+            if let Some(p) = pending.get_mut(&v.key) {
+                p.1 -= 1;
+            }
+        }
+    }
     let mut dropped = 0;
-    for (key, (version, unconfirmed)) in pending {
+    for (key, (version, unconfirmed, _)) in pending {
         if unconfirmed == 0 && b.local.drop_if_unchanged(&key, version) {
             dropped += 1;
         }
@@ -473,12 +509,13 @@ fn walk_timeout(rt: &Runtime, b: &BucketState) -> Duration {
     walk::walk_timeout(rt.config.request_timeout * 4, b.local.stats().entries)
 }
 
-fn chunk_versions(versions: Vec<KeyVersion>) -> Vec<Vec<KeyVersion>> {
+/// Splits `versions` into chunks of at most `budget` bytes on the wire.
+fn chunk_versions(versions: Vec<KeyVersion>, budget: usize) -> Vec<Vec<KeyVersion>> {
     let mut out = vec![Vec::new()];
     let mut size = 0;
     for v in versions {
         let bytes = v.key.len() + 24;
-        if size + bytes > VERSIONS_BATCH_BYTES && !out.last().is_none_or(Vec::is_empty) {
+        if size + bytes > budget && !out.last().is_none_or(Vec::is_empty) {
             out.push(Vec::new());
             size = 0;
         }

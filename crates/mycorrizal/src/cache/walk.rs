@@ -6,10 +6,11 @@
 //! pays: a 4th node joining three that held a million entries took the foreground's quorum-set
 //! p99 from 0.35 ms to 3.9 ms (11x) before walks were paced (docs/BENCHMARKS.md). A [`Pace`]
 //! cuts a walk into chunks of [`CHUNK`] entries and after each one hands the worker back: it
-//! rests [`REST_PER_BUSY`] times as long as the chunk took, so one walk uses at most a third of
-//! a core, and a chunk is short enough (about a quarter of a millisecond) that a request queued
-//! behind it barely waits. Walks take longer; the byte throttle (`sync_rate`) already made
-//! rebalancing a background activity measured in seconds.
+//! rests [`REST_PER_BUSY`] times as long as the chunk took, and a chunk is short enough (about
+//! a quarter of a millisecond) that a request queued behind it barely waits. The rests are
+//! taken on one timeline per node ([`Walks`]), so all of a node's walks together, not each of
+//! them, use at most a third of a core. Walks take longer; the byte throttle (`sync_rate`)
+//! already made rebalancing a background activity measured in seconds.
 //!
 //! Under tokio's paused clock (the simulations) no time passes while a chunk works, so a walk
 //! only yields between chunks and the simulations stay deterministic.
@@ -39,16 +40,44 @@ pub(crate) fn walk_timeout(base: Duration, entries: u64) -> Duration {
     base + SLOWEST_CHUNK * u32::try_from(entries.div_ceil(CHUNK as u64)).unwrap_or(u32::MAX)
 }
 
-/// Paces one walk; see the module documentation.
-pub(crate) struct Pace {
-    seen: usize,
-    since: Instant,
-    owed: Duration,
+/// The budget all of one node's walks share: they work at most a third of the time together,
+/// not each. During a join a node walks for its own round, answers its peers' digests and
+/// exchanges, and hands off, all at once; paced one by one, those walks took most of a small
+/// host's CPU between them.
+#[derive(Debug)]
+pub(crate) struct Walks {
+    /// The moment the work done so far has been rested for.
+    rested_until: std::sync::Mutex<Instant>,
 }
 
-impl Pace {
-    pub fn new() -> Pace {
-        Pace { seen: 0, since: Instant::now(), owed: Duration::ZERO }
+impl Walks {
+    pub fn new() -> Walks {
+        Walks { rested_until: std::sync::Mutex::new(Instant::now()) }
+    }
+
+    /// Charges a chunk that worked from `since` until now; returns when its walk may go on.
+    fn charge(&self, since: Instant) -> Instant {
+        let busy = since.elapsed();
+        // A chunk's wall time includes time other tasks held the CPU; on a saturated host the
+        // rest is capped so a walk still finishes.
+        let rest = (busy * REST_PER_BUSY).min(MAX_REST);
+        let mut until = crate::sync::lock(&self.rested_until);
+        *until = (*until).max(since) + busy + rest;
+        *until
+    }
+}
+
+/// Paces one walk; see the module documentation.
+pub(crate) struct Pace<'a> {
+    walks: &'a Walks,
+    seen: usize,
+    since: Instant,
+}
+
+impl<'a> Pace<'a> {
+    /// A walk paced within `walks`, its node's budget.
+    pub fn new(walks: &'a Walks) -> Pace<'a> {
+        Pace { walks, seen: 0, since: Instant::now() }
     }
 
     /// Counts one entry; after every [`CHUNK`] entries, rests or yields.
@@ -61,12 +90,11 @@ impl Pace {
     }
 
     async fn rest(&mut self) {
-        // A chunk's wall time includes time other tasks held the CPU; on a saturated host the
-        // rest is capped so a walk still finishes.
-        self.owed += (self.since.elapsed() * REST_PER_BUSY).min(MAX_REST);
-        if self.owed >= MIN_REST {
-            tokio::time::sleep(self.owed).await;
-            self.owed = Duration::ZERO;
+        let until = self.walks.charge(self.since);
+        // Short rests are saved up: the budget remembers them, and the next chunk's charge
+        // starts from where they end.
+        if until.saturating_duration_since(Instant::now()) >= MIN_REST {
+            tokio::time::sleep_until(until).await;
         } else {
             tokio::task::yield_now().await;
         }
@@ -79,7 +107,7 @@ mod tests {
     use super::*;
 
     /// Steps `pace` through one chunk whose work takes `took` of the (paused) clock.
-    async fn chunk(pace: &mut Pace, took: Duration) {
+    async fn chunk(pace: &mut Pace<'_>, took: Duration) {
         for _ in 0..CHUNK - 1 {
             pace.step().await;
         }
@@ -89,7 +117,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_walk_rests_twice_as_long_as_it_worked() {
-        let mut pace = Pace::new();
+        let walks = Walks::new();
+        let mut pace = Pace::new(&walks);
         let start = Instant::now();
         chunk(&mut pace, Duration::from_millis(1)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(1 + 2));
@@ -97,10 +126,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_chunk_slowed_by_a_saturated_host_owes_at_most_the_longest_rest() {
-        let mut pace = Pace::new();
+        let walks = Walks::new();
+        let mut pace = Pace::new(&walks);
         let start = Instant::now();
         chunk(&mut pace, Duration::from_millis(50)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(50) + MAX_REST);
+    }
+
+    /// Two walks working at once (on two cores, say) rest for each other: 2 ms of work, then
+    /// the second may go on only once both chunks' rests are over.
+    #[tokio::test(start_paused = true)]
+    async fn walks_on_one_node_share_its_budget() {
+        let (walks, elsewhere) = (Walks::new(), Walks::new());
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(walks.charge(start), start + Duration::from_millis(3));
+        assert_eq!(walks.charge(start), start + Duration::from_millis(6));
+        // A walk on another node's budget owes only its own rest.
+        assert_eq!(elsewhere.charge(start), start + Duration::from_millis(3));
     }
 
     #[test]
@@ -115,7 +158,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_walk_that_takes_no_time_only_yields() {
-        let mut pace = Pace::new();
+        let walks = Walks::new();
+        let mut pace = Pace::new(&walks);
         let start = Instant::now();
         for _ in 0..10 * CHUNK {
             pace.step().await;
@@ -125,7 +169,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn short_rests_add_up_before_the_walk_sleeps() {
-        let mut pace = Pace::new();
+        let walks = Walks::new();
+        let mut pace = Pace::new(&walks);
         let start = Instant::now();
         // Two chunks of 300 µs: 600 µs owed after the first (only a yield), 1.2 ms after the
         // second (a sleep).
