@@ -336,7 +336,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         t.elapsed().as_millis()
     ));
     let stats = back.cache().stats();
-    say(&format!("node-3 pulled {} records from its peers", stats.sync_records_received));
+    say(&format!("node-3 received {} records from its peers", stats.sync_records_received));
 
     step("7. TTLs are replicated: sessions expire everywhere at once");
     nodes.push(back);
