@@ -15,8 +15,9 @@
 //! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
 //!    the records they lack are sent, and the key is dropped only once every owner confirmed
 //!    it holds that version or newer. An owner that has not finished a round with a peer
-//!    since it started (it just joined, or restarted empty) declines: it pulls what it owns from the other owners, so it
-//!    is sent only the keys none of them confirmed, and counts as confirmed for the rest.
+//!    since it started (it just joined, or restarted empty) declines: it pulls what it owns
+//!    from the other owners, so it is sent only the keys none of them confirmed, and counts as
+//!    confirmed for the rest.
 //!
 //! Rounds run after membership has been still for `rebalance_delay`, every
 //! `anti_entropy_interval`, and when a bucket is declared. All sending goes through one
@@ -437,10 +438,9 @@ async fn hand_off(
     for (owner, mut versions) in per_owner {
         versions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let mut confirmed_all = true;
-        // Small chunks: answering a hand-off offer reads each offered key, no walk, and the
-        // owner's answer (what it lacks) goes stale while the records are pushed, as the owner
-        // may be pulling the same keys from another holder; at 12 MiB of versions per offer a
-        // join moved up to twice the records it needed.
+        // Small chunks: answering a hand-off offer reads each offered key (no walk), and the
+        // owner's answer (what it lacks) is only as fresh as its chunk: the smaller the chunk,
+        // the fewer of the records pushed have reached the owner some other way meanwhile.
         for chunk in chunk_versions(versions, rt.config.sync_batch_bytes) {
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
