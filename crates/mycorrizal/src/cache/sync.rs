@@ -468,12 +468,7 @@ async fn hand_off(
                 confirmed_all = false;
                 break;
             }
-            for v in &chunk {
-                if let Some(p) = pending.get_mut(&v.key) {
-                    p.1 -= 1;
-                    p.2 = true;
-                }
-            }
+            confirm(&mut pending, &chunk, true);
         }
         complete &= confirmed_all;
     }
@@ -487,11 +482,7 @@ async fn hand_off(
             complete = false;
             continue;
         }
-        for v in &chunk {
-            if let Some(p) = pending.get_mut(&v.key) {
-                p.1 -= 1;
-            }
-        }
+        confirm(&mut pending, &chunk, false);
     }
     let mut dropped = 0;
     for (key, (version, unconfirmed, _)) in pending {
@@ -501,6 +492,21 @@ async fn hand_off(
     }
     rt.counters.handed_off.fetch_add(dropped, Relaxed);
     complete
+}
+
+/// Counts one more owner as holding every key of `chunk`; `held_by_owner` when that owner
+/// confirmed the keys itself rather than being pushed them after declining.
+fn confirm(
+    pending: &mut BTreeMap<Bytes, (Timestamp, usize, bool)>,
+    chunk: &[KeyVersion],
+    held_by_owner: bool,
+) {
+    for v in chunk {
+        if let Some(p) = pending.get_mut(&v.key) {
+            p.1 -= 1;
+            p.2 |= held_by_owner;
+        }
+    }
 }
 
 /// How long a peer may take to answer a request it walks `b` for (its copy is assumed about
