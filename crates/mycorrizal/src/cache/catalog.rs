@@ -92,8 +92,7 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     pub fn get(&self, name: &str) -> Option<Arc<BucketState>> {
-        let name = BucketName::new(name).ok()?;
-        crate::sync::lock(&self.buckets).get(&name).cloned()
+        crate::sync::lock(&self.buckets).get(name).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<BucketState>> {

@@ -675,8 +675,14 @@ async fn serve_inner(
         peer: peer.clone(),
         detail: detail.to_owned(),
     };
-    let idle = tokio::time::sleep(settings.idle_timeout);
+    // The idle timer is moved lazily: traffic only records when it happened (one clock read
+    // per read or batch of requests), and the timer, when it fires, re-arms itself for the
+    // idle timeout after that. Resetting it for every frame re-registered it with the timer
+    // wheel, under the wheel's lock, tens of thousands of times a second.
+    let mut active_at = tokio::time::Instant::now();
+    let idle = tokio::time::sleep_until(active_at + settings.idle_timeout);
     tokio::pin!(idle);
+    let mut drain_at = active_at;
     let outcome = loop {
         tokio::select! {
             biased;
@@ -710,7 +716,8 @@ async fn serve_inner(
             }
             // While draining: closes once nothing is in flight either way and every answer is
             // written. Polled every 10 ms; answers and reads wake the loop sooner.
-            () = tokio::time::sleep(Duration::from_millis(10)), if draining => {
+            () = tokio::time::sleep_until(drain_at), if draining => {
+                drain_at = tokio::time::Instant::now() + Duration::from_millis(10);
                 if pending.is_empty()
                     && Arc::strong_count(&unanswered) == 1
                     && answers_rx.is_empty()
@@ -738,7 +745,7 @@ async fn serve_inner(
                         Err(_) => break,
                     }
                 }
-                idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
+                active_at = tokio::time::Instant::now();
             }
             read = reader.read_buf(&mut buf) => {
                 match read {
@@ -790,11 +797,17 @@ async fn serve_inner(
                         }
                         Kind::OneWay => {}
                     }
-                    idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
                 }
+                active_at = tokio::time::Instant::now();
                 if failed { break false; }
             }
-            () = &mut idle, if pending.is_empty() && !draining => break true,
+            () = &mut idle, if pending.is_empty() && !draining => {
+                let deadline = active_at + settings.idle_timeout;
+                if deadline <= tokio::time::Instant::now() {
+                    break true;
+                }
+                idle.as_mut().reset(deadline);
+            }
         }
     };
     // On a clean close (idle, drained) let the writer flush what it holds, briefly; on a

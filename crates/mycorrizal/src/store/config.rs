@@ -121,6 +121,15 @@ impl BucketName {
     }
 }
 
+/// Maps keyed by name are looked up by `&str`: a name off the wire needs no validation or
+/// allocation just to be found (a name that would not validate is simply not there). `Eq`,
+/// `Ord` and `Hash` are those of the string, as `Borrow` requires.
+impl std::borrow::Borrow<str> for BucketName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for BucketName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
