@@ -53,6 +53,23 @@ fn replicated_records_merge_by_version_in_any_order() {
     assert_eq!(b.apply("k", remote(T0 - 10, 2, "newer")).unwrap(), WriteOutcome::Stale);
 }
 
+/// A write looks at the replaced record's version only, unless the versions are equal: then
+/// the whole record (its value included) decides, the same way in either order.
+#[test]
+fn a_record_applied_twice_is_stale_and_a_tie_resolves_the_same_in_either_order() {
+    let (_clock, store) = setup();
+    let b = store.create_bucket(BucketConfig::builder("b").build().unwrap()).unwrap();
+    assert_eq!(b.apply("k", remote(T0 - 10, 2, "same")).unwrap(), WriteOutcome::Applied);
+    assert_eq!(b.apply("k", remote(T0 - 10, 2, "same")).unwrap(), WriteOutcome::Stale);
+    assert_eq!(b.stats().stale_writes, 1);
+    for order in [["aaa", "bbb"], ["bbb", "aaa"]] {
+        let b = store.create_bucket(BucketConfig::builder(order[0]).build().unwrap()).unwrap();
+        b.apply("k", remote(T0 - 10, 2, order[0])).unwrap();
+        b.apply("k", remote(T0 - 10, 2, order[1])).unwrap();
+        assert_eq!(b.get("k").as_deref(), Some(&b"bbb"[..]), "after {order:?}");
+    }
+}
+
 #[test]
 fn a_tombstone_beats_an_older_value_arriving_late() {
     let (_clock, store) = setup();

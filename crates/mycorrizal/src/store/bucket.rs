@@ -23,6 +23,7 @@
 
 use std::{
     cell::Cell,
+    cmp::Ordering,
     hash::{BuildHasher, Hash},
     sync::{Arc, Mutex},
     time::Duration,
@@ -76,10 +77,11 @@ const TOMBSTONE_BIT: u64 = 1 << 63;
 const NO_EXPIRY: u64 = TOMBSTONE_BIT - 1;
 
 thread_local! {
-    /// Set while this thread advances a [`Bucket::scan`]. The engine's iterator clones each
-    /// entry it yields, and cloning a value is an atomic increment on a reference count in
+    /// Set while this thread advances a [`Bucket::scan`], or looks at the record a write
+    /// replaces (`Bucket::peek_header`). The engine's iterator and `peek` clone each entry
+    /// they return, and cloning a value is an atomic increment on a reference count in
     /// another cache line (and, the first time, an allocation: `Bytes` makes its count when a
-    /// value is first shared). A scan wants the record's header only; walks over a million
+    /// value is first shared). Both want the record's header only; walks over a million
     /// entries spent a third of a rebalance's CPU on those clones (docs/BENCHMARKS.md).
     static HEADERS_ONLY: Cell<bool> = const { Cell::new(false) };
 }
@@ -448,7 +450,7 @@ impl Bucket {
         let _serial = self.write_lock(&key);
         let version = inner.clock.tick();
         let expires_at = ttl.map(|ttl| inner.clock.now_ms().saturating_add(ttl.as_millis() as u64));
-        let current = inner.engine.peek(&key);
+        let current = self.peek_header(&key);
         self.store_locked(
             key,
             Slot::from_record(Record::live(version, value, expires_at)),
@@ -466,7 +468,7 @@ impl Bucket {
         let version = inner.clock.tick();
         let purge_at =
             version.time.wall_ms().saturating_add(inner.config.tombstone_ttl().as_millis() as u64);
-        let current = inner.engine.peek(&key);
+        let current = self.peek_header(&key);
         let was_live = current.as_ref().is_some_and(|r| self.is_readable(r));
         self.store_locked(key, Slot::from_record(Record::tombstone(version, purge_at)), current);
         Ok(was_live)
@@ -503,8 +505,17 @@ impl Bucket {
         let key = self.admit(key.as_ref(), record.value().map_or(0, Bytes::len))?;
         inner.clock.observe(record.version.time)?;
         let _serial = self.write_lock(&key);
-        let current = inner.engine.peek(&key);
-        if current.as_ref().is_some_and(|cur| !record.supersedes(&cur.to_record())) {
+        let current = self.peek_header(&key);
+        let stale = current.as_ref().is_some_and(|cur| match record.version.cmp(&cur.version()) {
+            Ordering::Less => true,
+            Ordering::Greater => false,
+            // Two copies of one version (a record synced again): the full last-writer-wins
+            // comparison decides, and it looks at the stored value.
+            Ordering::Equal => {
+                inner.engine.peek(&key).is_some_and(|full| !record.supersedes(&full.to_record()))
+            }
+        });
+        if stale {
             inner.counters.count(Event::StaleWrite);
             return Ok(WriteOutcome::Stale);
         }
@@ -629,6 +640,15 @@ impl Bucket {
     fn admit(&self, key: &[u8], value_len: usize) -> Result<Key, StoreError> {
         self.check_admissible(key, value_len)?;
         Ok(Key::from(key))
+    }
+
+    /// The record `key` holds, without its value ([`HEADERS_ONLY`]): all a write needs to
+    /// decide and account for itself. Cloning the stored value instead cost every write an
+    /// atomic increment and decrement on its reference count, in a cache line of its own, and
+    /// the first time a value was shared an allocation (`Bytes` makes its count then).
+    fn peek_header(&self, key: &[u8]) -> Option<Slot> {
+        let _headers = HeadersOnly::begin();
+        self.inner.engine.peek(key)
     }
 
     fn write_lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
@@ -760,6 +780,23 @@ mod tests {
             assert_eq!(stored.value, value(e.key()[0]));
             assert!(stored.value.is_unique(), "a value is shared with what the scan yielded");
         }
+    }
+
+    #[test]
+    fn a_write_reads_the_replaced_header_and_leaves_its_value_alone() {
+        let b = bucket(BucketConfig::builder("b").max_entries(100).build().unwrap());
+        let old = Timestamp { time: HlcTime::from_raw(1 << 20), node: NodeTag(1) };
+        b.apply("k", Record::live(old, Bytes::from(vec![1; 100]), None)).unwrap();
+        let header = b.peek_header(b"k").expect("stored");
+        assert!(header.value.is_empty(), "the header carries the value");
+        assert_eq!(header.version(), old);
+        let (_, stored) = b.inner.engine.remove(&b"k"[..]).unwrap();
+        assert!(stored.value.is_unique(), "the stored value is shared with the header");
+        drop(header);
+        assert_eq!(b.get("k"), None);
+        // And with the flag cleared again, reads on this thread get values.
+        b.apply("k", Record::live(old, Bytes::from(vec![2; 100]), None)).unwrap();
+        assert_eq!(b.get("k"), Some(Bytes::from(vec![2; 100])));
     }
 
     /// `admissible_weight` is exactly the engine's limit: an entry of that weight is stored, one
