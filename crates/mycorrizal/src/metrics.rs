@@ -70,8 +70,14 @@ const FAILURE_KINDS: [&str; 6] =
 #[derive(Clone)]
 pub(crate) struct RequestMetrics {
     duration: Family<ChannelLabel, Histogram, fn() -> Histogram>,
+    /// `duration`'s series, one per channel (in [`CHANNELS`] order), resolved once: observed
+    /// through the family, every request looked its label set up (a lock and a hash).
+    by_channel: [Histogram; 4],
     failures: Family<FailureLabels, Counter>,
 }
+
+/// Every channel, in the order of [`RequestMetrics::by_channel`].
+const CHANNELS: [Channel; 4] = [Channel::System, Channel::Cache, Channel::Events, Channel::App];
 
 /// A latency histogram: 25 µs to ~3.3 s, doubling.
 pub(crate) fn latency_histogram() -> Histogram {
@@ -88,7 +94,15 @@ impl Default for RequestMetrics {
                 failures.get_or_create(&[("channel", channel), ("kind", kind)]).inc_by(0);
             }
         }
-        RequestMetrics { duration: Family::new_with_constructor(latency_histogram), failures }
+        let duration: Family<ChannelLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let by_channel = CHANNELS.map(|c| match c {
+            // Hellos, the system channel's only messages, are not requests: a series of its
+            // own would always be empty, so it is not exported.
+            Channel::System => latency_histogram(),
+            c => duration.get_or_create(&[("channel", channel_name(c))]).clone(),
+        });
+        RequestMetrics { duration, by_channel, failures }
     }
 }
 
@@ -100,8 +114,8 @@ impl RequestMetrics {
         took: Duration,
         outcome: Result<(), &MessagingError>,
     ) {
+        self.by_channel[channel_index(channel)].observe(took.as_secs_f64());
         let channel = channel_name(channel);
-        self.duration.get_or_create(&[("channel", channel)]).observe(took.as_secs_f64());
         if let Err(e) = outcome {
             let kind = FAILURE_KINDS[match e {
                 MessagingError::Timeout(_) => 0,
@@ -113,6 +127,16 @@ impl RequestMetrics {
             }];
             self.failures.get_or_create(&[("channel", channel), ("kind", kind)]).inc();
         }
+    }
+}
+
+/// Where `channel` sits in [`CHANNELS`].
+fn channel_index(channel: Channel) -> usize {
+    match channel {
+        Channel::System => 0,
+        Channel::Cache => 1,
+        Channel::Events => 2,
+        Channel::App => 3,
     }
 }
 
@@ -483,5 +507,32 @@ impl Collector for Sources {
             one(&mut e, name, help, kind, value)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request is observed in its own channel's histogram: the pre-resolved series and the
+    /// channel index agree, and the series are the family's (what the registry exports).
+    #[test]
+    fn each_request_lands_in_its_channels_series() {
+        let m = RequestMetrics::default();
+        for (i, channel) in CHANNELS.into_iter().enumerate() {
+            assert_eq!(channel_index(channel), i);
+            for _ in 0..=i {
+                m.observe(channel, Duration::from_micros(30), Ok(()));
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register("requests", "test", m.duration.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (i, channel) in CHANNELS.into_iter().enumerate().skip(1) {
+            let line = format!("requests_count{{channel=\"{}\"}} {}", channel_name(channel), i + 1);
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("system"), "an empty system series is exported:\n{text}");
     }
 }
