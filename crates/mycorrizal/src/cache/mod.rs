@@ -45,7 +45,8 @@ use mycorrizal_core::{
     placement::key_hash,
     quorum::{Consistency, WriteOutcome, WriteTally},
     wire::cache::{
-        CacheOp, CacheReply, Catalog as WireCatalog, Entry, Lease, Read, Release, WireRecord, Write,
+        CacheOp, CacheReply, CacheRequest, Catalog as WireCatalog, Entry, Lease, Read, Release,
+        WireRecord, Write,
     },
 };
 pub(crate) use runtime::{CacheDispatch, Runtime};
@@ -688,7 +689,13 @@ impl CacheBucket {
         let ring = rt.ring();
         let kh = key_hash(s.namespace(), &key);
         let needed = consistency.required(ring.effective_rf(rf));
-        let home = ring.home(kh, rf);
+        // With every known member live the home owners are the live ones: no hints to leave,
+        // and nothing to compute.
+        let home = if options.strict || ring.known.len() != ring.live.len() {
+            ring.home(kh, rf)
+        } else {
+            Vec::new()
+        };
         let targets: Vec<NodeId> = if options.strict {
             home.iter().filter(|h| ring.is_live(h)).cloned().collect()
         } else {
@@ -710,6 +717,8 @@ impl CacheBucket {
         // the outcome is known finish in one background task (`InFlight`'s drop), so late
         // replicas still count toward replication lag and a failure still leaves a hint.
         let mut calls = InFlight(Vec::with_capacity(targets.len()), Detached::No);
+        // Every replica gets the same request: encoded once, for the first.
+        let mut request: Option<Bytes> = None;
         for target in targets {
             if target == rt.me {
                 outcome = match s.local.apply(&key, record.clone()) {
@@ -725,17 +734,22 @@ impl CacheBucket {
                 };
                 continue;
             }
+            let payload = request
+                .get_or_insert_with(|| {
+                    let op = CacheOp::Write(Write {
+                        bucket: s.name.to_string(),
+                        entries: vec![Entry {
+                            key: key.clone(),
+                            record: Some(WireRecord::from(&record)),
+                        }],
+                        sync: false,
+                    });
+                    Bytes::from(prost::Message::encode_to_vec(&CacheRequest { op: Some(op) }))
+                })
+                .clone();
             let (rt, key, record, name) = (rt.clone(), key.clone(), record.clone(), s.name.clone());
             calls.0.push(Some(Box::pin(async move {
-                let op = CacheOp::Write(Write {
-                    bucket: name.to_string(),
-                    entries: vec![Entry {
-                        key: key.clone(),
-                        record: Some(WireRecord::from(&record)),
-                    }],
-                    sync: false,
-                });
-                let r = rt.call(&target, op, rt.config.request_timeout).await;
+                let r = rt.call_encoded(&target, payload, rt.config.request_timeout).await;
                 match &r {
                     // Observed for every replica, those answering after the write returned
                     // included: the tail is the replication lag.

@@ -276,11 +276,25 @@ impl Runtime {
             };
         }
         let payload = Bytes::from(CacheRequest { op: Some(op) }.encode_to_vec());
+        self.call_encoded(to, payload, timeout).await
+    }
+
+    /// Sends an encoded [`CacheRequest`] to `to`, a peer (not this node), and decodes its
+    /// answer: a request bound for several replicas is encoded once.
+    pub async fn call_encoded(
+        &self,
+        to: &NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<CacheReply, MessagingError> {
         let answer = self.links.request(to, Channel::Cache, payload, timeout).await?;
-        CacheResponse::decode(answer)
-            .ok()
-            .and_then(|r| r.reply)
-            .ok_or_else(|| remote((ErrorCode::BadRequest, "malformed cache response".to_owned())))
+        CacheResponse::decode(answer).ok().and_then(|r| r.reply).ok_or_else(|| {
+            MessagingError::Remote {
+                peer: to.clone(),
+                code: ErrorCode::BadRequest,
+                message: "malformed cache response".to_owned(),
+            }
+        })
     }
 
     /// Sends a version exchange to `to` and waits for its answer, which a peer that holds
