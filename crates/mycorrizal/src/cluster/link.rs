@@ -877,4 +877,53 @@ mod tests {
         assert_eq!(&answer.payload[..], b"ping");
         serving.abort();
     }
+
+    /// Sends request `id` over `client` and waits for its answer.
+    async fn ping(client: &mut tokio::io::DuplexStream, id: u64) {
+        let mut out = BytesMut::new();
+        for f in split_message(Kind::Request, Channel::App, id, Bytes::from_static(b"ping"), 1024) {
+            f.encode(&mut out);
+        }
+        client.write_all(&out).await.unwrap();
+        let (mut decoder, mut buf) = (FrameDecoder::new(1024), BytesMut::new());
+        loop {
+            if let Some(f) = decoder.decode(&mut buf).unwrap() {
+                assert_eq!((f.header.kind, f.header.request_id), (Kind::Response, id));
+                return;
+            }
+            assert!(client.read_buf(&mut buf).await.unwrap() > 0, "closed before answering");
+        }
+    }
+
+    /// A connection closes once it has been quiet for the idle timeout, counted from its last
+    /// traffic (the idle timer re-arms itself when it fires instead of moving per frame).
+    #[tokio::test(start_paused = true)]
+    async fn a_link_closes_after_the_idle_timeout_counted_from_its_last_traffic() {
+        let me = NodeId::new("server").unwrap();
+        let peer = NodeId::new("client").unwrap();
+        let addr = SocketAddr::from(([10, 9, 9, 1], 1));
+        let transport = Arc::new(SimNetwork::new(SimConfig::new(1)).transport(me.clone(), addr));
+        let (_view_tx, view) = watch::channel(Arc::new(MembershipView::default()));
+        let settings =
+            LinkSettings { idle_timeout: Duration::from_secs(10), ..LinkSettings::default() };
+        let links = Links::new(me, "c".into(), transport, view, settings, Arc::new(Echo));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let server: Box<dyn AsyncStream> = Box::new(server);
+        let (_, mut rx) = mpsc::channel(1);
+        let started = tokio::time::Instant::now();
+        let serving = tokio::spawn(async move { serve(&links, &peer, server, &mut rx).await });
+        ping(&mut client, 1).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        ping(&mut client, 2).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(!serving.is_finished(), "closed 10 s after the first request, traffic since");
+        assert!(serving.await.unwrap(), "closed for another reason than being idle");
+        let closed_after = started.elapsed();
+        assert!(
+            closed_after >= Duration::from_secs(16) && closed_after < Duration::from_secs(17),
+            "closed after {closed_after:?}, not 10 s after the last request (at 6 s)"
+        );
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0, "the connection is closed");
+    }
 }
