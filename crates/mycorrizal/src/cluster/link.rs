@@ -841,45 +841,28 @@ mod tests {
         }
     }
 
-    /// A stream that holds written bytes until flushed (as a TLS session does when the socket
-    /// would block): the answer must still leave.
-    #[tokio::test(start_paused = true)]
-    async fn an_answer_leaves_even_when_the_stream_holds_writes_until_flushed() {
+    /// Serves `server`, the server's end of a connection from "client", on a node with
+    /// `settings` that echoes every request. Returns the serving task (its result: closed for
+    /// being idle) and the membership sender, to keep alive while it runs.
+    fn serve_echo(
+        settings: LinkSettings,
+        server: Box<dyn AsyncStream>,
+    ) -> (tokio::task::JoinHandle<bool>, watch::Sender<Arc<MembershipView>>) {
         let me = NodeId::new("server").unwrap();
         let peer = NodeId::new("client").unwrap();
         let addr = SocketAddr::from(([10, 9, 9, 1], 1));
         let transport = Arc::new(SimNetwork::new(SimConfig::new(1)).transport(me.clone(), addr));
-        let (_view_tx, view) = watch::channel(Arc::new(MembershipView::default()));
-        let links =
-            Links::new(me, "c".into(), transport, view, LinkSettings::default(), Arc::new(Echo));
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let server: Box<dyn AsyncStream> = Box::new(BufWriter::new(server));
-        let (_, mut rx) = mpsc::channel(1);
-        let serving = tokio::spawn(async move { serve(&links, &peer, server, &mut rx).await });
-        let mut out = BytesMut::new();
-        for f in split_message(Kind::Request, Channel::App, 7, Bytes::from_static(b"ping"), 1024) {
-            f.encode(&mut out);
-        }
-        client.write_all(&out).await.unwrap();
-        let mut decoder = FrameDecoder::new(1024);
-        let mut buf = BytesMut::new();
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(f) = decoder.decode(&mut buf).unwrap() {
-                    return f;
-                }
-                assert!(client.read_buf(&mut buf).await.unwrap() > 0);
-            }
-        })
-        .await
-        .expect("the answer was flushed");
-        assert_eq!((answer.header.kind, answer.header.request_id), (Kind::Response, 7));
-        assert_eq!(&answer.payload[..], b"ping");
-        serving.abort();
+        let (view_tx, view) = watch::channel(Arc::new(MembershipView::default()));
+        let links = Links::new(me, "c".into(), transport, view, settings, Arc::new(Echo));
+        let serving = tokio::spawn(async move {
+            let (_, mut rx) = mpsc::channel(1);
+            serve(&links, &peer, server, &mut rx).await
+        });
+        (serving, view_tx)
     }
 
-    /// Sends request `id` over `client` and waits for its answer.
-    async fn ping(client: &mut tokio::io::DuplexStream, id: u64) {
+    /// Sends request `id` over `client` and waits for its answer; returns the answer's payload.
+    async fn ping(client: &mut tokio::io::DuplexStream, id: u64) -> Bytes {
         let mut out = BytesMut::new();
         for f in split_message(Kind::Request, Channel::App, id, Bytes::from_static(b"ping"), 1024) {
             f.encode(&mut out);
@@ -889,29 +872,35 @@ mod tests {
         loop {
             if let Some(f) = decoder.decode(&mut buf).unwrap() {
                 assert_eq!((f.header.kind, f.header.request_id), (Kind::Response, id));
-                return;
+                return f.payload;
             }
             assert!(client.read_buf(&mut buf).await.unwrap() > 0, "closed before answering");
         }
+    }
+
+    /// A stream that holds written bytes until flushed (as a TLS session does when the socket
+    /// would block): the answer must still leave.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_leaves_even_when_the_stream_holds_writes_until_flushed() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (serving, _view) =
+            serve_echo(LinkSettings::default(), Box::new(BufWriter::new(server)));
+        let answer = tokio::time::timeout(Duration::from_secs(10), ping(&mut client, 7))
+            .await
+            .expect("the answer was flushed");
+        assert_eq!(&answer[..], b"ping");
+        serving.abort();
     }
 
     /// A connection closes once it has been quiet for the idle timeout, counted from its last
     /// traffic (the idle timer re-arms itself when it fires instead of moving per frame).
     #[tokio::test(start_paused = true)]
     async fn a_link_closes_after_the_idle_timeout_counted_from_its_last_traffic() {
-        let me = NodeId::new("server").unwrap();
-        let peer = NodeId::new("client").unwrap();
-        let addr = SocketAddr::from(([10, 9, 9, 1], 1));
-        let transport = Arc::new(SimNetwork::new(SimConfig::new(1)).transport(me.clone(), addr));
-        let (_view_tx, view) = watch::channel(Arc::new(MembershipView::default()));
         let settings =
             LinkSettings { idle_timeout: Duration::from_secs(10), ..LinkSettings::default() };
-        let links = Links::new(me, "c".into(), transport, view, settings, Arc::new(Echo));
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let server: Box<dyn AsyncStream> = Box::new(server);
-        let (_, mut rx) = mpsc::channel(1);
         let started = tokio::time::Instant::now();
-        let serving = tokio::spawn(async move { serve(&links, &peer, server, &mut rx).await });
+        let (serving, _view) = serve_echo(settings, Box::new(server));
         ping(&mut client, 1).await;
         tokio::time::sleep(Duration::from_secs(6)).await;
         ping(&mut client, 2).await;
