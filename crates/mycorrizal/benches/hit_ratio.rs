@@ -1,4 +1,4 @@
-//! Hit ratio of a bucket (quick_cache's S3-FIFO-like policy) against an exact LRU of the same
+//! Hit ratio of a bucket (the store engine's S3-FIFO policy) against an exact LRU of the same
 //! capacity, on a seeded Zipf(0.99) trace over 100k keys, and on the same trace with one-off
 //! scans mixed in (where LRU is known to suffer). Deterministic: same seed, same figures.
 //!

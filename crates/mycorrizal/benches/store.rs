@@ -1,6 +1,6 @@
-//! Side-by-side: our bucket `get` (hit) and `set` against raw quick_cache (our engine), moka
-//! (LRU policy) and a `Mutex<HashMap>`, on the same 100k keys of 100-byte values, with 1 and 2
-//! threads. Throughput is reported in operations per second across all threads.
+//! Side-by-side: our bucket `get` (hit) and `set` against raw quick_cache (our engine before
+//! `store/engine.rs`), moka (LRU policy) and a `Mutex<HashMap>`, on the same 100k keys of
+//! 100-byte values, with 1 and 2 threads. Throughput is reported in operations per second across all threads.
 //!
 //! `cargo bench -p mycorrizal --bench store`
 

@@ -22,6 +22,7 @@
 
 mod bucket;
 mod config;
+mod engine;
 mod error;
 mod expiry;
 mod key;
@@ -33,13 +34,14 @@ use std::{
     time::Duration,
 };
 
-pub use bucket::{Bucket, ENTRY_OVERHEAD, WriteOutcome};
+pub use bucket::{Bucket, WriteOutcome};
 pub(crate) use bucket::{Scanned, wire_size};
 pub use config::{
     BucketConfig, BucketConfigBuilder, BucketName, Capacity, ConfigError, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TOMBSTONE_TTL, MAX_KEY_LEN, MAX_TTL, MIN_TTL, StoreConfig,
 };
 pub(crate) use config::{check_duration, check_range, check_ttl};
+pub use engine::ENTRY_OVERHEAD;
 pub use error::StoreError;
 pub use stats::BucketStats;
 
