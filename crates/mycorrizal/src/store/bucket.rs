@@ -291,16 +291,13 @@ impl Bucket {
         self.check_admissible(key, 0)?;
         let inner = &*self.inner;
         let _serial = self.write_lock(key);
-        let current = inner.engine.peek(key, |p| p.header());
-        if !current.as_ref().is_some_and(|r| self.is_readable(r)) {
-            return Ok(false);
-        }
-        let Some(RecordState::Live(value)) = inner.engine.peek(key, unpack).map(|r| r.state) else {
+        let current = inner.engine.peek(key, |p| (p.header(), Bytes::copy_from_slice(p.value())));
+        let Some((header, value)) = current.filter(|(h, _)| self.is_readable(h)) else {
             return Ok(false);
         };
         let version = inner.clock.tick();
         let expires_at = inner.clock.now_ms().saturating_add(ttl.as_millis() as u64);
-        self.store_locked(key, &Record::live(version, value, Some(expires_at)), current);
+        self.store_locked(key, &Record::live(version, value, Some(expires_at)), Some(header));
         Ok(true)
     }
 
@@ -451,8 +448,8 @@ impl Bucket {
     }
 
     fn write_lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
-        // Bits the engine uses for neither its shards (40..) nor its table buckets (low bits
-        // of a shard's table, small for the few keys that share a lock stripe... and a shard).
+        // Bits 24..32 of the key's hash: not the engine's shard bits (40..), so the keys of one
+        // shard spread over every stripe.
         let i = (self.inner.engine.hash(key) >> 24) as usize % WRITE_LOCKS;
         // The guarded data is `()`: a poisoned lock carries no broken state.
         crate::sync::lock(&self.inner.write_locks[i])
