@@ -581,6 +581,21 @@ mod tests {
         assert_eq!(b.get("k"), Some(Bytes::from(vec![2; 100])));
     }
 
+    /// A replicated value arrives as a slice of the frame it was decoded from (prost decodes
+    /// `Bytes` fields without copying), and a frame can carry a whole sync batch. The store
+    /// keeps its own copy: holding the slice would keep the whole frame alive for as long as
+    /// the value lives.
+    #[test]
+    fn a_stored_value_does_not_keep_the_buffer_it_arrived_in() {
+        let b = bucket(BucketConfig::builder("b").max_entries(100).build().unwrap());
+        let mut frame = Bytes::from(vec![9u8; 1 << 20]);
+        let value = frame.slice(1000..1100);
+        b.apply("k", Record::live(Timestamp::default(), value, None)).unwrap();
+        assert!(frame.is_unique(), "the store holds on to the frame");
+        frame.clear();
+        assert_eq!(b.get("k"), Some(Bytes::from(vec![9u8; 100])));
+    }
+
     /// Bucket creation promises every shard can hold the largest allowed entry: an entry of
     /// exactly `max_entry_size` is stored and readable in buckets of many sizes.
     #[test]
