@@ -322,7 +322,7 @@ impl Engine {
         let existing = shard.mark(hash, entry.key()).map(|m| m.load(Relaxed));
         if weight > cap {
             if existing.is_some() {
-                out.replaced = shard.remove(hash, entry.key(), self);
+                out.replaced = shard.remove(hash, entry.key(), self, |_| true);
             }
             out.evicted.push(entry);
             return out;
@@ -345,7 +345,7 @@ impl Engine {
         }
         // Grown past what the shard holds: make room as for a new entry, keeping the replaced
         // one's queue (a frequently read entry stays in the main queue).
-        out.replaced = shard.remove(hash, entry.key(), self);
+        out.replaced = shard.remove(hash, entry.key(), self, |_| true);
         shard.evict_until(cap - weight, cap, self, &mut out.evicted);
         shard.admit(hash, entry, weight, m & IN_MAIN != 0, self);
         out
@@ -358,12 +358,7 @@ impl Engine {
         remove: impl FnOnce(Header) -> bool,
     ) -> Option<Packed> {
         let hash = self.hash(key);
-        let mut shard = write(self.shard(hash));
-        let m = shard.mark(hash, key)?.load(Relaxed);
-        if !shard.slots[(m & INDEX) as usize].as_ref().is_some_and(|p| remove(p.header())) {
-            return None;
-        }
-        shard.remove(hash, key, self)
+        write(self.shard(hash)).remove(hash, key, self, |p| remove(p.header()))
     }
 
     /// Entries stored.
@@ -391,9 +386,7 @@ impl Shard {
     #[inline]
     fn mark(&self, hash: u64, key: &[u8]) -> Option<&AtomicU32> {
         let slots = &self.slots;
-        self.table.find(hash, |m| {
-            slots[(m.load(Relaxed) & INDEX) as usize].as_ref().is_some_and(|p| p.key() == key)
-        })
+        self.table.find(hash, |m| holds(slots, m, key))
     }
 
     /// The mark of the entry in slot `i`, whose key hashes to `hash`.
@@ -433,14 +426,22 @@ impl Shard {
         }
     }
 
-    /// Takes `key`'s entry out of the table and the weights; its slot stays in its queue, dead,
-    /// until the queue reaches it.
-    fn remove(&mut self, hash: u64, key: &[u8], e: &Engine) -> Option<Packed> {
+    /// Takes `key`'s entry out of the table and the weights, if `remove` says so; its slot stays
+    /// in its queue, dead, until the queue reaches it. One probe finds, judges and removes.
+    fn remove(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        e: &Engine,
+        remove: impl FnOnce(&Packed) -> bool,
+    ) -> Option<Packed> {
         let slots = &self.slots;
-        let found = self.table.find_entry(hash, |m| {
-            slots[(m.load(Relaxed) & INDEX) as usize].as_ref().is_some_and(|p| p.key() == key)
-        });
-        let m = found.ok()?.remove().0.into_inner();
+        let found = self.table.find_entry(hash, |m| holds(slots, m, key)).ok()?;
+        let i = (found.get().load(Relaxed) & INDEX) as usize;
+        if !slots[i].as_ref().is_some_and(remove) {
+            return None;
+        }
+        let m = found.remove().0.into_inner();
         let entry = self.slots[(m & INDEX) as usize].take()?;
         let w = e.weight(&entry);
         if m & IN_MAIN != 0 {
@@ -576,6 +577,12 @@ impl Shard {
         }
         assert!(self.weight() <= e.shard_capacity, "a shard is over its capacity");
     }
+}
+
+/// Whether the mark `m` points at the entry of `key`: the table's one key comparison.
+#[inline]
+fn holds(slots: &[Option<Packed>], m: &AtomicU32, key: &[u8]) -> bool {
+    slots[(m.load(Relaxed) & INDEX) as usize].as_ref().is_some_and(|p| p.key() == key)
 }
 
 /// Hashes of keys recently evicted from a small queue, oldest first; at most as many as the
