@@ -54,7 +54,7 @@ fn pack(key: &[u8], record: &Record) -> Packed {
     Packed::new(key, header, record.value().map_or(&[][..], |v| &v[..]))
 }
 
-/// The record a packed entry holds, its value copied out.
+/// The record a packed entry holds, its value sharing the entry.
 fn unpack(p: &Packed) -> Record {
     let h = p.header();
     Record {
@@ -63,7 +63,7 @@ fn unpack(p: &Packed) -> Record {
         state: if h.is_tombstone() {
             RecordState::Deleted
         } else {
-            RecordState::Live(Bytes::copy_from_slice(p.value()))
+            RecordState::Live(p.clone().into_value())
         },
     }
 }
@@ -203,21 +203,22 @@ impl Bucket {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
         let key = key.as_ref();
         let inner = &*self.inner;
-        // The value is copied out under the shard's read lock, from the cache lines the key
-        // comparison loaded; an expired value's copy is the rare wasted one.
+        // Under the shard's read lock only the header is read and a reference taken, both in
+        // the cache line the key comparison loaded; the value's `Bytes` is made after.
         let found = inner.engine.get(key, |p| {
             let h = p.header();
-            (h, (!h.is_tombstone()).then(|| Bytes::copy_from_slice(p.value())))
+            (h, (!h.is_tombstone()).then(|| p.clone()))
         });
         match found {
-            Some((h, Some(value))) => {
+            Some((h, Some(entry))) => {
                 if h.expires_at().is_some_and(|at| at <= inner.clock.now_ms()) {
+                    drop(entry);
                     self.reap(key, h.version());
                     inner.counters.count(Event::Miss);
                     return None;
                 }
                 inner.counters.count(Event::Hit);
-                Some(value)
+                Some(entry.into_value())
             }
             _ => {
                 inner.counters.count(Event::Miss);
@@ -229,7 +230,7 @@ impl Bucket {
     /// The stored record of `key`, tombstones and expired values included; for replication.
     /// Does not count as a read or promote the entry.
     pub fn record(&self, key: impl AsRef<[u8]>) -> Option<Record> {
-        self.inner.engine.peek(key.as_ref(), unpack)
+        self.inner.engine.peek(key.as_ref(), Packed::clone).map(|p| unpack(&p))
     }
 
     /// Stores `value` under `key` with the bucket's default TTL (if any); returns the version.
@@ -291,10 +292,13 @@ impl Bucket {
         self.check_admissible(key, 0)?;
         let inner = &*self.inner;
         let _serial = self.write_lock(key);
-        let current = inner.engine.peek(key, |p| (p.header(), Bytes::copy_from_slice(p.value())));
-        let Some((header, value)) = current.filter(|(h, _)| self.is_readable(h)) else {
+        let current = inner.engine.peek(key, Packed::clone);
+        let Some((header, entry)) =
+            current.map(|p| (p.header(), p)).filter(|(h, _)| self.is_readable(h))
+        else {
             return Ok(false);
         };
+        let value = entry.into_value();
         let version = inner.clock.tick();
         let expires_at = inner.clock.now_ms().saturating_add(ttl.as_millis() as u64);
         self.store_locked(key, &Record::live(version, value, Some(expires_at)), Some(header));
@@ -565,20 +569,25 @@ mod tests {
         assert_eq!(b.record([k]).and_then(|r| r.value().cloned()), Some(value(k)));
     }
 
-    /// A read hands out its own copy: nothing shared with the stored entry (no reference
-    /// count to keep beside every value, see `engine.rs`), and later writes do not show in it.
+    /// A read shares the stored entry instead of copying it, and is a snapshot: later writes
+    /// do not show in it, and it stays readable after its entry is replaced, evicted or its
+    /// bucket dropped.
     #[test]
-    fn a_read_value_is_its_own_copy() {
-        let b = bucket(BucketConfig::builder("b").max_entries(100).build().unwrap());
+    fn a_read_value_is_a_snapshot_that_outlives_its_entry() {
+        let b = bucket(BucketConfig::builder("b").max_entries(1).build().unwrap());
         let old = Timestamp { time: HlcTime::from_raw(1 << 20), node: NodeTag(1) };
         b.apply("k", Record::live(old, Bytes::from(vec![1; 100]), None)).unwrap();
         let mut read = b.get("k").expect("stored");
-        assert!(read.is_unique(), "the value read shares memory with the store");
+        assert!(!read.is_unique(), "the value read was copied");
         b.set("k", vec![2; 100]).unwrap();
         assert_eq!(read, Bytes::from(vec![1; 100]));
-        assert_eq!(b.get("k"), Some(Bytes::from(vec![2; 100])));
+        let second = b.get("k").expect("stored");
+        b.set("other", vec![3; 100]).unwrap();
+        assert_eq!(b.get("k"), None, "evicted by the write to a full bucket");
+        drop(b);
+        assert_eq!((&read[..], &second[..]), (&[1; 100][..], &[2; 100][..]));
         read.clear();
-        assert_eq!(b.get("k"), Some(Bytes::from(vec![2; 100])));
+        assert_eq!(second, Bytes::from(vec![2; 100]));
     }
 
     /// A replicated value arrives as a slice of the frame it was decoded from (prost decodes

@@ -9,14 +9,17 @@
 //! write clones its record) carries a third allocation for its reference count. That is 251
 //! bytes resident per 100-byte value, against Redis' 184 (docs/BENCHMARKS.md).
 //!
-//! Here an entry is **one allocation**, [`Packed`]: record header, key and value back to back.
-//! Around it a shard keeps a 16-byte slot, a 4-byte place in an eviction queue and a 4-byte
-//! mark in the hash table (the slot's index and the entry's eviction state: a read records
-//! itself in the line its lookup loaded). That is 175 bytes per 100-byte entry in the same
-//! benchmark. A read copies the value out instead of sharing a reference count. That copy is
-//! the engine's cost: in a loop of random reads, allocating and filling a fresh `Bytes` makes
-//! a read about a third slower than quick_cache's, which only increments a count (the lookup
-//! alone is as fast; docs/BENCHMARKS.md has the measurements).
+//! Here an entry is **one allocation**, [`Packed`]: a reference count, the record header, key
+//! and value back to back. Around it a shard keeps a 16-byte slot, a 4-byte place in an
+//! eviction queue and a 4-byte mark in the hash table (the slot's index and the entry's
+//! eviction state: a read records itself in the line its lookup loaded). That is about 175
+//! bytes per 100-byte entry in the same benchmark.
+//!
+//! A read does not copy the value: it increments the entry's count, in the cache line the key
+//! comparison loaded, and hands the value out as a `Bytes` owning that reference. (Copying it
+//! into a fresh buffer made a read of random keys about a third slower than quick_cache's;
+//! docs/BENCHMARKS.md has the measurements.) A value read keeps its entry allocated, evicted
+//! or not, until the last `Bytes` of it is dropped.
 //!
 //! # Eviction: S3-FIFO
 //!
@@ -47,135 +50,15 @@ use std::{
 };
 
 use hashbrown::HashTable;
-use mycorrizal_core::{HlcTime, NodeTag, Timestamp};
 
+pub(crate) use super::packed::{Header, Packed};
 use crate::sync::{read, write};
 
 /// Bytes charged per entry on top of key and value in byte-bounded buckets, so `max_bytes`
-/// tracks real memory: the packed header (25), the allocator's header and rounding (8 + 8 on
+/// tracks real memory: the packed header (23), the allocator's header and rounding (8 + 8 on
 /// average), the slot (16), the queue place (4) and the hash table's mark (4 bytes and a
 /// control byte a bucket, at 44–87% load).
-pub const ENTRY_OVERHEAD: u64 = 72;
-
-/// Bit 63 of [`Header::meta`]: a tombstone.
-const TOMBSTONE_BIT: u64 = 1 << 63;
-/// [`Header::meta`] bits 0..63 when the record never expires.
-const NO_EXPIRY: u64 = TOMBSTONE_BIT - 1;
-
-/// A record without its value: version, tombstone flag and expiry. 24 bytes, `Copy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Header {
-    /// `HlcTime` of the version, raw.
-    time: u64,
-    /// `NodeTag` of the version.
-    node: u64,
-    /// Bit 63: tombstone. Bits 0..63: expiry in ms, or [`NO_EXPIRY`].
-    meta: u64,
-}
-
-impl Header {
-    /// The header of a record of `version`, expiring at `expires_at_ms` (clamped to what fits).
-    pub(crate) fn new(version: Timestamp, expires_at_ms: Option<u64>, tombstone: bool) -> Header {
-        let expiry = expires_at_ms.map_or(NO_EXPIRY, |at| at.min(NO_EXPIRY - 1));
-        let tomb = if tombstone { TOMBSTONE_BIT } else { 0 };
-        Header { time: version.time.to_raw(), node: version.node.0, meta: expiry | tomb }
-    }
-
-    #[inline]
-    pub(crate) fn version(&self) -> Timestamp {
-        Timestamp { time: HlcTime::from_raw(self.time), node: NodeTag(self.node) }
-    }
-
-    #[inline]
-    pub(crate) fn is_tombstone(&self) -> bool {
-        self.meta & TOMBSTONE_BIT != 0
-    }
-
-    #[inline]
-    pub(crate) fn expires_at(&self) -> Option<u64> {
-        let at = self.meta & !TOMBSTONE_BIT;
-        (at != NO_EXPIRY).then_some(at)
-    }
-
-    #[inline]
-    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
-        let at = self.meta & !TOMBSTONE_BIT;
-        at != NO_EXPIRY && at <= now_ms
-    }
-}
-
-/// Bytes of a [`Header`] at the start of a [`Packed`] entry.
-const HEADER_LEN: usize = 24;
-/// A key length byte of this value is followed by the length as a `u16`: keys of 255 bytes
-/// and more (up to `MAX_KEY_LEN`, 4 KiB) take 3 length bytes, shorter ones 1.
-const LONG_KEY: u8 = u8::MAX;
-
-/// One stored entry in one allocation: the header, the key's length (1 or 3 bytes), the key,
-/// the value. For a 100-byte value under an 11-byte key that is 136 bytes, exactly what the
-/// allocator's 144-byte size class holds.
-pub(crate) struct Packed(Box<[u8]>);
-
-impl Packed {
-    pub(crate) fn new(key: &[u8], header: Header, value: &[u8]) -> Packed {
-        debug_assert!(key.len() <= usize::from(u16::MAX));
-        let len_bytes = if key.len() < usize::from(LONG_KEY) { 1 } else { 3 };
-        let mut b = Vec::with_capacity(HEADER_LEN + len_bytes + key.len() + value.len());
-        b.extend_from_slice(&header.time.to_le_bytes());
-        b.extend_from_slice(&header.node.to_le_bytes());
-        b.extend_from_slice(&header.meta.to_le_bytes());
-        if len_bytes == 1 {
-            b.push(key.len() as u8);
-        } else {
-            b.push(LONG_KEY);
-            b.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        }
-        b.extend_from_slice(key);
-        b.extend_from_slice(value);
-        Packed(b.into_boxed_slice())
-    }
-
-    #[inline]
-    fn word(&self, at: usize) -> u64 {
-        let mut w = [0; 8];
-        w.copy_from_slice(&self.0[at..at + 8]);
-        u64::from_le_bytes(w)
-    }
-
-    #[inline]
-    pub(crate) fn header(&self) -> Header {
-        Header { time: self.word(0), node: self.word(8), meta: self.word(16) }
-    }
-
-    /// Where the key starts and ends.
-    #[inline]
-    fn key_span(&self) -> (usize, usize) {
-        let b = &self.0;
-        match b[HEADER_LEN] {
-            LONG_KEY => {
-                let len = u16::from_le_bytes([b[HEADER_LEN + 1], b[HEADER_LEN + 2]]);
-                (HEADER_LEN + 3, HEADER_LEN + 3 + usize::from(len))
-            }
-            len => (HEADER_LEN + 1, HEADER_LEN + 1 + usize::from(len)),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn key(&self) -> &[u8] {
-        let (start, end) = self.key_span();
-        &self.0[start..end]
-    }
-
-    #[inline]
-    pub(crate) fn value(&self) -> &[u8] {
-        &self.0[self.key_span().1..]
-    }
-
-    /// Key plus value bytes: what the bucket's counters and weigher charge.
-    #[inline]
-    pub(crate) fn size(&self) -> usize {
-        self.0.len() - self.key_span().0
-    }
-}
+pub const ENTRY_OVERHEAD: u64 = 70;
 
 /// Charges entries against a bucket's capacity.
 #[derive(Clone, Copy, Debug)]
@@ -368,9 +251,10 @@ impl Engine {
 
     /// Every entry, mapped by `f`, a chunk of one shard per read lock: a concurrent write may
     /// or may not be seen, and no entry is seen twice unless it is removed and written again
-    /// during the scan.
+    /// during the scan. `f` runs outside the lock, on shared handles taken under it.
     pub(crate) fn iter<T, F: FnMut(&Packed) -> T>(&self, f: F) -> Iter<'_, T, F> {
-        Iter { engine: self, shard: 0, slot: 0, chunk: Vec::new().into_iter(), f }
+        let chunk = Vec::new().into_iter();
+        Iter { engine: self, shard: 0, slot: 0, chunk, f, _out: std::marker::PhantomData }
     }
 
     #[cfg(test)]
@@ -626,8 +510,9 @@ pub(crate) struct Iter<'a, T, F> {
     engine: &'a Engine,
     shard: usize,
     slot: usize,
-    chunk: std::vec::IntoIter<T>,
+    chunk: std::vec::IntoIter<Packed>,
     f: F,
+    _out: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T, F: FnMut(&Packed) -> T> Iterator for Iter<'_, T, F> {
@@ -635,14 +520,14 @@ impl<T, F: FnMut(&Packed) -> T> Iterator for Iter<'_, T, F> {
 
     fn next(&mut self) -> Option<T> {
         loop {
-            if let Some(t) = self.chunk.next() {
-                return Some(t);
+            if let Some(p) = self.chunk.next() {
+                return Some((self.f)(&p));
             }
             let shard = read(self.engine.shards.get(self.shard)?);
             let mut chunk = Vec::with_capacity(SCAN_CHUNK);
             while chunk.len() < SCAN_CHUNK && self.slot < shard.slots.len() {
                 if let Some(p) = &shard.slots[self.slot] {
-                    chunk.push((self.f)(p));
+                    chunk.push(p.clone());
                 }
                 self.slot += 1;
             }
@@ -658,6 +543,7 @@ impl<T, F: FnMut(&Packed) -> T> Iterator for Iter<'_, T, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mycorrizal_core::{HlcTime, NodeTag, Timestamp};
 
     fn header(time: u64) -> Header {
         Header::new(Timestamp { time: HlcTime::from_raw(time), node: NodeTag(7) }, None, false)
@@ -669,24 +555,6 @@ mod tests {
 
     fn has(e: &Engine, key: &[u8]) -> bool {
         e.peek(key, |_| ()).is_some()
-    }
-
-    #[test]
-    fn a_packed_entry_keeps_header_key_and_value() {
-        for (klen, vlen) in [(0, 0), (1, 100), (11, 100), (254, 3), (255, 0), (4096, 70_000)] {
-            let key: Vec<u8> = (0..klen).map(|i| i as u8).collect();
-            let value: Vec<u8> = (0..vlen).map(|i| (i * 7) as u8).collect();
-            let h = Header::new(
-                Timestamp { time: HlcTime::from_raw(123 << 16), node: NodeTag(u64::MAX) },
-                Some(99),
-                klen % 2 == 1,
-            );
-            let p = Packed::new(&key, h, &value);
-            assert_eq!((p.header(), p.key(), p.value()), (h, &key[..], &value[..]));
-            assert_eq!(p.size(), klen + vlen);
-        }
-        // The size the memory figure rests on: one 144-byte allocator class for 11 + 100.
-        assert_eq!(Packed::new(&[0; 11], header(1), &[0; 100]).0.len(), 136);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod expiry;
 mod key;
+mod packed;
 mod stats;
 
 use std::{
