@@ -563,7 +563,10 @@ async fn cache_get(
         None => b.get(&key).await?,
     };
     match value {
-        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
+        Some(v) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v.into_bytes())
+                .into_response())
+        }
         None => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "absent", format!("{bucket}/{key} is absent")))
         }

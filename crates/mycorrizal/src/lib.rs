@@ -32,6 +32,7 @@ pub mod transport;
 
 pub use mycorrizal_core as core;
 pub use mycorrizal_core::NodeId;
+pub use store::Value;
 
 /// The README's Rust examples, compiled and run as doc tests so they stay true.
 #[cfg(doctest)]

@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use mycorrizal::{
     NodeId,
     cache::{CacheBucket, CacheError},
@@ -310,9 +309,7 @@ async fn run_seed(seed: u64) -> Report {
             if !matches!(got, Ok(None)) {
                 report.resurrected.push(format!("{key}: {got:?}"));
             }
-        } else if !h.indeterminate.contains(key)
-            && got.as_ref().ok() != Some(&Some(Bytes::from(value.clone())))
-        {
+        } else if !h.indeterminate.contains(key) && !matches!(&got, Ok(Some(v)) if *v == *value) {
             report.lost.push(format!("{key}: {got:?}"));
         }
     }

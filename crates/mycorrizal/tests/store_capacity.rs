@@ -176,7 +176,7 @@ proptest! {
                 Op::Set(k, n) => {
                     let value = Bytes::from(vec![(k % 251) as u8; n]);
                     bucket.set(k.to_be_bytes(), value.clone()).unwrap();
-                    prop_assert_eq!(bucket.get(k.to_be_bytes()), Some(value));
+                    prop_assert_eq!(bucket.get(k.to_be_bytes()).map(Bytes::from), Some(value));
                 }
                 Op::Get(k) => { let _ = bucket.get(k.to_be_bytes()); }
                 Op::Delete(k) => {

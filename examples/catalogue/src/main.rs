@@ -139,12 +139,12 @@ async fn get_product(State(app): State<Arc<App>>, Path(sku): Path<String>) -> Re
         })
         .await;
     match value {
-        Ok(bytes) => {
+        Ok(value) => {
             let cache = if loaded.load(Ordering::SeqCst) { "miss" } else { "hit" };
             (
                 [("x-served-by", app.node.id().to_string()), ("x-cache", cache.to_owned())],
                 [("content-type", "application/json")],
-                bytes,
+                value.into_bytes(),
             )
                 .into_response()
         }

@@ -24,14 +24,16 @@ pub const VALUE_LEN: usize = 100;
 /// internally); storing clones of the bench's key list would let the baselines compare keys in
 /// memory the bench loop has just touched.
 pub trait Contender: Send + Sync + 'static {
-    fn get(&self, key: &Bytes) -> Option<Bytes>;
+    /// The length of the value found. The value each contender hands out (a `Bytes` clone,
+    /// our `Value`) is dropped here, as a caller would drop it after use.
+    fn get(&self, key: &Bytes) -> Option<usize>;
     fn set(&self, key: &Bytes, value: Bytes);
 }
 
 struct Ours(Bucket);
 impl Contender for Ours {
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
-        self.0.get(key)
+    fn get(&self, key: &Bytes) -> Option<usize> {
+        self.0.get(key).map(|v| v.len())
     }
     fn set(&self, key: &Bytes, value: Bytes) {
         self.0.set(key, value).unwrap();
@@ -41,8 +43,8 @@ impl Contender for Ours {
 /// Our bucket with a TTL on every entry: reads then also consult the clock.
 struct OursTtl(Bucket);
 impl Contender for OursTtl {
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
-        self.0.get(key)
+    fn get(&self, key: &Bytes) -> Option<usize> {
+        self.0.get(key).map(|v| v.len())
     }
     fn set(&self, key: &Bytes, value: Bytes) {
         self.0.set_with_ttl(key, value, Duration::from_secs(3600)).unwrap();
@@ -51,8 +53,8 @@ impl Contender for OursTtl {
 
 struct RawQuickCache(quick_cache::sync::Cache<Bytes, Bytes>);
 impl Contender for RawQuickCache {
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
-        self.0.get(&key[..])
+    fn get(&self, key: &Bytes) -> Option<usize> {
+        self.0.get(&key[..]).map(|v| v.len())
     }
     fn set(&self, key: &Bytes, value: Bytes) {
         self.0.insert(Bytes::copy_from_slice(key), value);
@@ -61,8 +63,8 @@ impl Contender for RawQuickCache {
 
 struct Moka(moka::sync::Cache<Bytes, Bytes>);
 impl Contender for Moka {
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
-        self.0.get(key)
+    fn get(&self, key: &Bytes) -> Option<usize> {
+        self.0.get(key).map(|v| v.len())
     }
     fn set(&self, key: &Bytes, value: Bytes) {
         self.0.insert(Bytes::copy_from_slice(key), value);
@@ -71,8 +73,8 @@ impl Contender for Moka {
 
 struct MutexMap(Mutex<HashMap<Bytes, Bytes>>);
 impl Contender for MutexMap {
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
-        self.0.lock().unwrap().get(key).cloned()
+    fn get(&self, key: &Bytes) -> Option<usize> {
+        self.0.lock().unwrap().get(key).cloned().map(|v| v.len())
     }
     fn set(&self, key: &Bytes, value: Bytes) {
         self.0.lock().unwrap().insert(Bytes::copy_from_slice(key), value);

@@ -57,7 +57,7 @@ use self::{
     catalog::{BucketState, Merged, decl_of},
     runtime::{certainly_not_applied, worth_a_hint},
 };
-use crate::store::{BucketConfig, BucketStats, WriteOutcome as StoreWrite, check_ttl};
+use crate::store::{BucketConfig, BucketStats, Value, WriteOutcome as StoreWrite, check_ttl};
 
 /// How many times one write is stamped again after a replica held a newer version
 /// ([`CacheBucket::replicate`]). Once is enough to order it after what the replicas held; more
@@ -347,7 +347,7 @@ impl CacheBucket {
     /// # }
     /// ```
     #[inline]
-    pub fn try_get_local(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, NotLocal> {
+    pub fn try_get_local(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, NotLocal> {
         self.replica_read(&self.state(), key.as_ref())
     }
 
@@ -377,7 +377,7 @@ impl CacheBucket {
 
     /// What this node's replica answers for `key` at consistency One, if it can.
     #[inline]
-    fn replica_read(&self, s: &BucketState, key: &[u8]) -> Result<Option<Bytes>, NotLocal> {
+    fn replica_read(&self, s: &BucketState, key: &[u8]) -> Result<Option<Value>, NotLocal> {
         let rt = &self.rt;
         let rf = s.config.replicas() as usize;
         // With RF at least the live members every node holds every key: no hash, and the
@@ -414,7 +414,7 @@ impl CacheBucket {
         key: &[u8],
         consistency: Consistency,
         mine: bool,
-    ) -> Result<Option<Bytes>, CacheError> {
+    ) -> Result<Option<Value>, CacheError> {
         let rt = &self.rt;
         let rf = s.config.replicas() as usize;
         if consistency == Consistency::One {
@@ -487,13 +487,13 @@ impl CacheBucket {
             }
         }
         let now = rt.store.clock().now_ms();
-        Ok(newest.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned()))
+        Ok(newest.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned()).map(Value::from))
     }
 
     /// The value `record` holds now: none for a tombstone or an expired value.
-    fn live_value(&self, record: Option<Record>) -> Option<Bytes> {
+    fn live_value(&self, record: Option<Record>) -> Option<Value> {
         let now = self.rt.store.clock().now_ms();
-        record.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned())
+        record.filter(|r| !r.is_expired(now)).and_then(|r| r.value().cloned()).map(Value::from)
     }
 
     /// Sends `newest` to an owner that answered a read with an older record.
@@ -588,7 +588,7 @@ impl CacheBucket {
         let Some(value) = self.read_now_or_later(key, None).await? else {
             return Ok(false);
         };
-        let record = self.live_record(&s, key, value, Some(ttl))?;
+        let record = self.live_record(&s, key, value.into_bytes(), Some(ttl))?;
         self.replicate(&s, Bytes::copy_from_slice(key), record, WriteOptions::default()).await?;
         Ok(true)
     }
@@ -819,7 +819,7 @@ impl CacheBucket {
         &self,
         key: impl AsRef<[u8]>,
         loader: F,
-    ) -> Result<Bytes, CacheError>
+    ) -> Result<Value, CacheError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>>,
@@ -833,7 +833,7 @@ impl CacheBucket {
         let flight = self.rt.flight(&s.name, &key);
         let result = flight.get_or_init(|| self.load(&s, key.clone(), loader)).await.clone();
         self.rt.end_flight(&s.name, &key, &flight);
-        result
+        result.map(Value::from)
     }
 
     /// Asks the key's primary for the read-through lease. `Ok`: another caller loaded the value
@@ -851,7 +851,7 @@ impl CacheBucket {
             match rt.call(&primary, op, wait).await {
                 Ok(CacheReply::Lease(l)) if !l.granted => {
                     if let Some(v) = self.live_value(l.record.and_then(WireRecord::into_record)) {
-                        return Ok(v);
+                        return Ok(v.into_bytes());
                     }
                 }
                 Ok(CacheReply::Lease(_)) => return Err(Some(primary)),
@@ -933,13 +933,13 @@ impl CacheBucket {
 pub struct Get<'a>(GetState<'a>);
 
 enum GetState<'a> {
-    Answered(Option<Bytes>),
-    Asking(Pin<Box<dyn Future<Output = Result<Option<Bytes>, CacheError>> + Send + 'a>>),
+    Answered(Option<Value>),
+    Asking(Pin<Box<dyn Future<Output = Result<Option<Value>, CacheError>> + Send + 'a>>),
     Done,
 }
 
 impl Future for Get<'_> {
-    type Output = Result<Option<Bytes>, CacheError>;
+    type Output = Result<Option<Value>, CacheError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.get_mut().0;

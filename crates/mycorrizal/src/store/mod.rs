@@ -28,6 +28,7 @@ mod expiry;
 mod key;
 mod packed;
 mod stats;
+mod value;
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +46,7 @@ pub(crate) use config::{check_duration, check_range, check_ttl};
 pub use engine::ENTRY_OVERHEAD;
 pub use error::StoreError;
 pub use stats::BucketStats;
+pub use value::Value;
 
 use crate::clock::{Clock, NodeClock, SystemClock};
 
