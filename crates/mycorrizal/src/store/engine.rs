@@ -16,10 +16,10 @@
 //! bytes per 100-byte entry in the same benchmark.
 //!
 //! A read does not copy the value: it increments the entry's count, in the cache line the key
-//! comparison loaded, and hands the value out as a `Bytes` owning that reference. (Copying it
-//! into a fresh buffer made a read of random keys about a third slower than quick_cache's;
-//! docs/BENCHMARKS.md has the measurements.) A value read keeps its entry allocated, evicted
-//! or not, until the last `Bytes` of it is dropped.
+//! comparison loaded, and the bucket hands the entry out as a [`Value`](super::Value). Any
+//! allocation per read (a copy, or a `Bytes` owner) made a read of random keys 25-40 % slower
+//! than quick_cache's; docs/BENCHMARKS.md has the measurements. A value read keeps its entry
+//! allocated, evicted or not, until the last handle to it is dropped.
 //!
 //! # Eviction: S3-FIFO
 //!

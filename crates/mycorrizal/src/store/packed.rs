@@ -81,8 +81,9 @@ const TAIL: usize = 23;
 const TOMBSTONE: u8 = 1;
 const EXPIRES: u8 = 2;
 
-/// One stored entry in one allocation, shared by a reference count: a read hands out the value
-/// as a `Bytes` that keeps the entry alive ([`Packed::into_value`]) instead of copying it.
+/// One stored entry in one allocation, shared by a reference count: a read hands out the entry
+/// itself (as a [`Value`](super::Value), or a `Bytes` made by [`Packed::into_value`]) instead of
+/// copying the value out.
 ///
 /// Layout: the count (`u32`), the key's length (`u16`), flags (tombstone, has an expiry), the
 /// version's time and node (8 bytes each), the expiry (8 bytes, only when there is one), the
