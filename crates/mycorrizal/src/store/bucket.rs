@@ -219,13 +219,21 @@ impl Bucket {
                 if h.expires_at().is_some_and(|at| at <= inner.clock.now_ms()) {
                     drop(entry);
                     self.reap(key, h.version());
+                    inner.counters.count(Event::FoundDead);
                     inner.counters.count(Event::Miss);
                     return None;
                 }
-                inner.counters.count(Event::Hit);
+                // A hit is counted by the engine, in the line of the shard's lock word
+                // (`Engine::found`, less the `FoundDead` reads): a counter of its own here made
+                // this read 20-30 % slower.
                 Some(Value::stored(entry))
             }
-            _ => {
+            Some((_, None)) => {
+                inner.counters.count(Event::FoundDead);
+                inner.counters.count(Event::Miss);
+                None
+            }
+            None => {
                 inner.counters.count(Event::Miss);
                 None
             }
@@ -380,7 +388,7 @@ impl Bucket {
 
     /// A snapshot of this bucket's counters.
     pub fn stats(&self) -> BucketStats {
-        self.inner.counters.snapshot()
+        self.inner.counters.snapshot(self.inner.engine.found())
     }
 
     /// Removes every record that has expired by now (values past TTL, tombstones past their
@@ -572,6 +580,29 @@ mod tests {
         assert_eq!(keys, (0..10).collect::<Vec<u8>>());
         assert!(seen.iter().all(|e| e.version() == Timestamp::default() && !e.is_tombstone()));
         assert_eq!(b.record([k]).and_then(|r| r.value().cloned()), Some(value(k)));
+    }
+
+    /// Hits are counted by the engine (reads that found an entry) less the tombstones and
+    /// expired values among them; they must come out exact, from any number of threads.
+    #[test]
+    fn hits_and_misses_are_exact_for_live_deleted_and_absent_keys() {
+        let b = bucket(BucketConfig::builder("b").max_entries(100).build().unwrap());
+        b.set("live", "v").unwrap();
+        b.set("gone", "v").unwrap();
+        b.delete("gone").unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        assert!(b.get("live").is_some());
+                        assert!(b.get("gone").is_none());
+                        assert!(b.get("absent").is_none());
+                    }
+                });
+            }
+        });
+        let st = b.stats();
+        assert_eq!((st.hits, st.misses), (4_000, 8_000));
     }
 
     /// A read shares the stored entry instead of copying it, and is a snapshot: later writes

@@ -45,7 +45,7 @@ use std::{
     hash::BuildHasher,
     sync::{
         RwLock,
-        atomic::{AtomicU32, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
 };
 
@@ -111,7 +111,7 @@ fn freq(mark: u32) -> u32 {
 
 /// The engine: `shards` independently locked parts, a key's shard chosen by its hash.
 pub(crate) struct Engine {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Padded]>,
     /// Per-engine seed of the key hash, so the layout cannot be predicted from outside.
     seed: u64,
     shard_mask: u64,
@@ -119,10 +119,24 @@ pub(crate) struct Engine {
     weigher: Weigher,
 }
 
+/// A shard's lock and data on cache lines of their own: every read writes the lock word, and
+/// a neighbouring shard's readers would otherwise invalidate this shard's line with theirs.
+#[repr(align(128))]
+struct Padded(RwLock<Shard>);
+
 /// One shard. Every slot index is in exactly one of `small`, `main` and `free`; a slot in a
 /// queue whose entry was removed is `None` ("dead") until the queue reaches it.
+///
+/// `repr(C)` keeps `found` first, in the cache line of the lock word that every read has just
+/// written.
 #[derive(Default)]
+#[repr(C)]
 struct Shard {
+    /// Reads that found an entry ([`Engine::get`]), the bucket's hits before it subtracts the
+    /// tombstones and expired values among them. Counted here rather than in a counter of its
+    /// own, because this line is already this thread's: a separate counter's increment made a
+    /// read of random keys 20-30 % slower (docs/BENCHMARKS.md).
+    found: AtomicU64,
     /// Marks (slot index and eviction state), hashed by their entry's key. Atomic so that
     /// reads, under the shared lock, can count themselves.
     table: HashTable<AtomicU32>,
@@ -142,7 +156,7 @@ impl Engine {
     pub(crate) fn new(shards: usize, capacity: u64, weigher: Weigher) -> Engine {
         assert!(shards.is_power_of_two(), "shard count {shards} is not a power of two");
         Engine {
-            shards: (0..shards).map(|_| RwLock::new(Shard::default())).collect(),
+            shards: (0..shards).map(|_| Padded(RwLock::new(Shard::default()))).collect(),
             seed: std::hash::RandomState::new().hash_one(0x6d79_636f_u64),
             shard_mask: shards as u64 - 1,
             shard_capacity: capacity.div_ceil(shards as u64).max(1),
@@ -163,7 +177,7 @@ impl Engine {
 
     #[inline]
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        &self.shards[((hash >> 40) & self.shard_mask) as usize]
+        &self.shards[((hash >> 40) & self.shard_mask) as usize].0
     }
 
     #[inline]
@@ -171,12 +185,14 @@ impl Engine {
         self.weigher.weight_of(p.size() as u64)
     }
 
-    /// Runs `f` on the entry of `key` and counts the read toward keeping it.
+    /// Runs `f` on the entry of `key`, counts the read toward keeping it, and counts it in
+    /// [`Engine::found`].
     #[inline]
     pub(crate) fn get<T>(&self, key: &[u8], f: impl FnOnce(&Packed) -> T) -> Option<T> {
         let hash = self.hash(key);
         let shard = read(self.shard(hash));
         let mark = shard.mark(hash, key)?;
+        shard.found.fetch_add(1, Relaxed);
         let m = mark.load(Relaxed);
         if freq(m) < MAX_FREQ {
             // A lost increment between two racing readers only costs a second chance.
@@ -246,7 +262,12 @@ impl Engine {
 
     /// Entries stored.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| read(s).table.len()).sum()
+        self.shards.iter().map(|s| read(&s.0).table.len()).sum()
+    }
+
+    /// Reads by [`Engine::get`] that found an entry, since the engine was made.
+    pub(crate) fn found(&self) -> u64 {
+        self.shards.iter().map(|s| read(&s.0).found.load(Relaxed)).sum()
     }
 
     /// Every entry, mapped by `f`, a chunk of one shard per read lock: a concurrent write may
@@ -260,7 +281,7 @@ impl Engine {
     #[cfg(test)]
     fn check(&self) {
         for s in self.shards.iter() {
-            read(s).check(self);
+            read(&s.0).check(self);
         }
     }
 }
@@ -523,7 +544,7 @@ impl<T, F: FnMut(&Packed) -> T> Iterator for Iter<'_, T, F> {
             if let Some(p) = self.chunk.next() {
                 return Some((self.f)(&p));
             }
-            let shard = read(self.engine.shards.get(self.shard)?);
+            let shard = read(&self.engine.shards.get(self.shard)?.0);
             let mut chunk = Vec::with_capacity(SCAN_CHUNK);
             while chunk.len() < SCAN_CHUNK && self.slot < shard.slots.len() {
                 if let Some(p) = &shard.slots[self.slot] {
@@ -657,7 +678,7 @@ mod tests {
                 assert!(e.remove_if(&(round * 1000 + i).to_le_bytes(), |_| true).is_some());
             }
         }
-        let shard = read(&e.shards[0]);
+        let shard = read(&e.shards[0].0);
         assert!(shard.slots.len() <= 2_100, "{} slots for 0 entries", shard.slots.len());
         assert!(shard.small.len() + shard.main.len() <= 1_100);
         drop(shard);

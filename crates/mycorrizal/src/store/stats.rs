@@ -16,7 +16,7 @@ const STRIPES: usize = 16;
 #[derive(Default)]
 #[repr(align(128))]
 struct Stripe {
-    hits: AtomicU64,
+    found_dead: AtomicU64,
     misses: AtomicU64,
     inserts: AtomicU64,
     updates: AtomicU64,
@@ -40,7 +40,9 @@ pub(crate) struct Counters {
 /// What a counter event is about.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Event {
-    Hit,
+    /// A read found a tombstone or an expired value: a miss, though the engine counted it
+    /// found (hits are the engine's found reads less these).
+    FoundDead,
     Miss,
     /// A write created a key that was absent (or only a tombstone).
     Insert,
@@ -85,7 +87,7 @@ impl Counters {
     pub(crate) fn count_n(&self, event: Event, n: u64) {
         let s = self.stripe();
         let c = match event {
-            Event::Hit => &s.hits,
+            Event::FoundDead => &s.found_dead,
             Event::Miss => &s.misses,
             Event::Insert => &s.inserts,
             Event::Update => &s.updates,
@@ -112,11 +114,13 @@ impl Counters {
         s.bytes.fetch_add(sign * bytes as i64, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> BucketStats {
+    /// The counters, with `found` the engine's reads that found an entry (`Engine::found`).
+    pub(crate) fn snapshot(&self, found: u64) -> BucketStats {
         let mut st = BucketStats::default();
+        let mut found_dead = 0;
         let (mut entries, mut tombstones, mut bytes) = (0i64, 0i64, 0i64);
         for s in self.stripes.iter() {
-            st.hits += s.hits.load(Relaxed);
+            found_dead += s.found_dead.load(Relaxed);
             st.misses += s.misses.load(Relaxed);
             st.inserts += s.inserts.load(Relaxed);
             st.updates += s.updates.load(Relaxed);
@@ -133,6 +137,9 @@ impl Counters {
         }
         // Stripes are read one after another while writers run, so a snapshot can momentarily
         // see a departure before its arrival; clamp rather than report a negative size.
+        // The engine's count and the bucket's are read apart, while reads go on: hits can be
+        // off by the reads in flight, and are exact once they finish.
+        st.hits = found.saturating_sub(found_dead);
         st.entries = entries.max(0) as u64;
         st.tombstones = tombstones.max(0) as u64;
         st.bytes = bytes.max(0) as u64;
