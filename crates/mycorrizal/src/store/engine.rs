@@ -35,9 +35,11 @@
 //!
 //! # Concurrency
 //!
-//! One `RwLock` per shard. Reads take it shared and record their hit in an atomic byte; writes
-//! take it exclusively. Nothing is allocated or freed under a lock that could be done outside
-//! it: packing happens before, and what a write evicts or replaces is handed back to be dropped
+//! One `RwLock` per shard, on cache lines of its own. Reads take it shared, record their read
+//! in the entry's table mark (for eviction) and in the shard's `found` count (the bucket's
+//! hits), and take a reference to the entry; writes take it exclusively. Nothing is allocated
+//! or freed under a lock that could be done outside it: packing happens before, what a write
+//! evicts or replaces is handed back to be dropped after, and a reader drops its reference
 //! after.
 
 use std::{
