@@ -55,8 +55,9 @@ fn pack(key: &[u8], record: &Record) -> Packed {
     Packed::new(key, header, record.value().map_or(&[][..], |v| &v[..]))
 }
 
-/// The record a packed entry holds, its value sharing the entry.
-fn unpack(p: &Packed) -> Record {
+/// The record a packed entry holds, its value sharing the entry (this handle becomes the
+/// value's).
+fn unpack(p: Packed) -> Record {
     let h = p.header();
     Record {
         version: h.version(),
@@ -64,7 +65,7 @@ fn unpack(p: &Packed) -> Record {
         state: if h.is_tombstone() {
             RecordState::Deleted
         } else {
-            RecordState::Live(p.clone().into_value())
+            RecordState::Live(p.into_value())
         },
     }
 }
@@ -243,7 +244,7 @@ impl Bucket {
     /// The stored record of `key`, tombstones and expired values included; for replication.
     /// Does not count as a read or promote the entry.
     pub fn record(&self, key: impl AsRef<[u8]>) -> Option<Record> {
-        self.inner.engine.peek(key.as_ref(), Packed::clone).map(|p| unpack(&p))
+        self.inner.engine.peek(key.as_ref(), Packed::clone).map(unpack)
     }
 
     /// Stores `value` under `key` with the bucket's default TTL (if any); returns the version.
@@ -335,7 +336,8 @@ impl Bucket {
             // Two copies of one version (a record synced again): the full last-writer-wins
             // comparison decides, and it looks at the stored value.
             Ordering::Equal => {
-                inner.engine.peek(key, |full| !record.supersedes(&unpack(full))).unwrap_or(false)
+                let held = inner.engine.peek(key, Packed::clone);
+                held.is_some_and(|full| !record.supersedes(&unpack(full)))
             }
         });
         if stale {
@@ -375,7 +377,7 @@ impl Bucket {
     /// engine shard at a time: a concurrent write may or may not be seen. For rebalancing and
     /// anti-entropy; does not count as reads.
     pub fn entries(&self) -> impl Iterator<Item = (Bytes, Record)> + '_ {
-        self.inner.engine.iter(|p| (Bytes::copy_from_slice(p.key()), unpack(p)))
+        self.inner.engine.iter(|p| (Bytes::copy_from_slice(p.key()), unpack(p.clone())))
     }
 
     /// Every stored entry's key and record header, for walks that look at most entries and
