@@ -286,6 +286,12 @@ pub struct Versions {
     /// nothing back, it only says what it needs.
     #[prost(bool, tag = "4")]
     pub handoff: bool,
+    /// The sender's clock (an `HlcTime`, raw) when it began listing its versions; 0 for none.
+    /// Where the sender listed a key, the receiver compares only versions written up to this
+    /// time: one written since is a write made during the exchange, which the write path
+    /// delivers (and the next round repairs if it did not).
+    #[prost(uint64, tag = "5")]
+    pub cutoff: u64,
 }
 
 /// A read-through lease request.
@@ -459,6 +465,7 @@ mod tests {
                     tombstone: true,
                 }],
                 handoff: true,
+                cutoff: 3,
             })),
         };
         assert_eq!(CacheRequest::decode(req.encode_to_vec().as_slice()).unwrap(), req);

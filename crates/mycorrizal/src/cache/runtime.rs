@@ -11,8 +11,8 @@ use std::{
 
 use bytes::Bytes;
 use mycorrizal_core::{
-    NodeId, Record,
-    digest::{RangeDigests, range_of},
+    HlcTime, NodeId, NodeTag, Record, Timestamp,
+    digest::{RangeDigests, lacks, range_of},
     wire::{
         Channel,
         cache::{
@@ -533,14 +533,17 @@ impl Runtime {
         // other way). Asking this peer to push the same records too moved every record of a
         // join twice; hand-offs are the exception (only the old holder offers those keys).
         let pulling = !v.handoff && !self.synced_for(self.ring_shape().generation);
+        // Where both sides hold a key, only versions written up to the asker's cutoff count
+        // (`digest::lacks`): a newer one was written during this exchange.
+        let cutoff = (v.cutoff != 0).then(|| HlcTime::from_raw(v.cutoff));
+        let stamp = |kv: &KeyVersion| Timestamp {
+            time: HlcTime::from_raw(kv.time),
+            node: NodeTag(kv.node),
+        };
         let mut pace = Pace::new(&self.walks);
         for (i, kv) in v.versions.into_iter().enumerate() {
             pace.step().await;
-            let held = b.local.record(&kv.key);
-            let behind = match &held {
-                None => true,
-                Some(r) => (r.version.time.to_raw(), r.version.node.0) < (kv.time, kv.node),
-            };
+            let behind = lacks(b.local.version_of(&kv.key), stamp(&kv), cutoff);
             if behind && !pulling {
                 need.push(i as u32);
             }
@@ -561,11 +564,7 @@ impl Runtime {
             if !ranges.contains(&range_of(kh)) || !ring.both_own(kh, rf, &self.me, from) {
                 continue;
             }
-            let version = e.version();
-            let ahead = theirs
-                .get(e.key())
-                .is_none_or(|kv| (kv.time, kv.node) < (version.time.to_raw(), version.node.0));
-            if !ahead {
+            if !lacks(theirs.get(e.key()).map(stamp), e.version(), cutoff) {
                 continue;
             }
             if bytes >= self.config.sync_batch_bytes {

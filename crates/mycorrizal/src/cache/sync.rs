@@ -6,7 +6,8 @@
 //! 2. For each bucket and each live peer, range digests of the keys both own are compared
 //!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
 //!    the peer answers with the keys it needs and the records it holds newer. Only differences
-//!    move. The peer finds its newer records in one walk and streams them as sync writes while
+//!    move, and only those that existed when this node began listing: where both hold a key,
+//!    a version written after that is the write path's to deliver ([`mycorrizal_core::digest::lacks`]). The peer finds its newer records in one walk and streams them as sync writes while
 //!    it walks, so however much moves an exchange is one walk on each side; the asker waits as
 //!    long as the writes keep coming (`Runtime::call_streamed`). A node that just joined holds
 //!    nothing, so every shared range differs and it pulls what it owns from each peer; while it
@@ -268,6 +269,8 @@ async fn reconcile(
     peer: &NodeId,
     mismatched: &[u32],
 ) -> bool {
+    // Versions written after this are the write path's to deliver (see `Versions::cutoff`).
+    let mut cutoff = rt.store.clock().tick().time.to_raw();
     let by_range = versions_in(rt, ring, b, peer, mismatched).await;
     // Batch whole ranges up to the message budget.
     let mut batches: Vec<(Vec<u32>, Vec<KeyVersion>)> = vec![(Vec::new(), Vec::new())];
@@ -295,6 +298,7 @@ async fn reconcile(
                 ranges: ranges.clone(),
                 versions: versions.clone(),
                 handoff: false,
+                cutoff,
             });
             // The peer streams what it holds newer as sync writes before it answers.
             let ex = match rt.call_streamed(peer, op, walk_timeout(rt, b)).await {
@@ -336,6 +340,7 @@ async fn reconcile(
                 break;
             }
             // The peer cut its answer short: what it sent is now ours, ask again.
+            cutoff = rt.store.clock().tick().time.to_raw();
             let refreshed = versions_in(rt, ring, b, peer, &ranges).await;
             versions = refreshed.into_values().flatten().collect();
         }
@@ -447,6 +452,8 @@ async fn hand_off(
                 ranges: Vec::new(),
                 versions: chunk.clone(),
                 handoff: true,
+                // A key is dropped here once its owners confirm it: every version counts.
+                cutoff: 0,
             });
             let ex = match rt.call(&owner, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex,

@@ -247,6 +247,12 @@ impl Bucket {
         self.inner.engine.peek(key.as_ref(), Packed::clone).map(unpack)
     }
 
+    /// The version of the record `key` holds (tombstones and expired values included), without
+    /// building the record: for replication's version comparisons.
+    pub(crate) fn version_of(&self, key: &[u8]) -> Option<Timestamp> {
+        self.peek_header(key).map(|h| h.version())
+    }
+
     /// Stores `value` under `key` with the bucket's default TTL (if any); returns the version.
     pub fn set(
         &self,
