@@ -179,6 +179,11 @@ struct RebalanceFigures {
     entries_on_new_node: u64,
     p99_before_us: f64,
     p99_during_us: f64,
+    /// Seconds from the join until every node is ready (hand-offs done too).
+    settled_after_s: f64,
+    /// The same load for 3 s once every node is ready: what the new placement and the
+    /// periodic anti-entropy cost, apart from what the join's own work does.
+    p99_after_us: f64,
 }
 
 #[derive(Serialize)]
@@ -697,8 +702,24 @@ async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<
         .context("the 4th node did not become ready within 600 s")?;
     stop.store(true, Relaxed);
     let during = during.await?;
-    spinner.finish_and_clear();
     let (records1, bytes1, failures1) = sent(&all);
+    spinner.set_message("rebalance: waiting for every node to settle");
+    let t_settle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while !all.iter().all(|n| n.cache().is_ready()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .context("the nodes did not settle within 600 s of the join")?;
+    let settled_after = took + t_settle.elapsed();
+    spinner.set_message("rebalance: the same load on 4 nodes (3 s)");
+    let stop = Arc::new(AtomicBool::new(false));
+    let after = tokio::spawn(foreground(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Relaxed);
+    let after = after.await?;
+    spinner.finish_and_clear();
     let figures = RebalanceFigures {
         entries,
         ready_after_s: took.as_secs_f64(),
@@ -708,6 +729,8 @@ async fn rebalance(secret: &str, entries: u64, value: &Bytes) -> anyhow::Result<
         entries_on_new_node: fourth.cache().bucket("big")?.stats().entries,
         p99_before_us: before.p99_us,
         p99_during_us: during.p99_us,
+        settled_after_s: settled_after.as_secs_f64(),
+        p99_after_us: after.p99_us,
     };
     fourth.shutdown(Duration::from_secs(5)).await;
     cluster.shutdown().await;
@@ -944,15 +967,17 @@ fn print_table(report: &Report, json: bool) {
     }
     if let Some(r) = &report.rebalance {
         t.push_str(&format!(
-            "\nrebalance, 4th node joins 3 holding {} entries (RF=3): ready after {:.2} s, {} records / {:.1} MB moved, {} failed exchanges, {} entries on the new node; foreground quorum-set p99 {:.0} µs before, {:.0} µs during\n",
+            "\nrebalance, 4th node joins 3 holding {} entries (RF=3): ready after {:.2} s (all settled after {:.2} s), {} records / {:.1} MB moved, {} failed exchanges, {} entries on the new node; foreground quorum-set p99 {:.0} µs before, {:.0} µs during, {:.0} µs after\n",
             r.entries,
             r.ready_after_s,
+            r.settled_after_s,
             r.records_moved,
             r.bytes_moved as f64 / 1e6,
             r.sync_failures,
             r.entries_on_new_node,
             r.p99_before_us,
-            r.p99_during_us
+            r.p99_during_us,
+            r.p99_after_us
         ));
     }
     if !report.checks.is_empty() {
