@@ -629,3 +629,44 @@ async fn a_node_that_never_joined_refuses_quorum_and_all() {
     b.set_with("k2", "v", all()).await.unwrap();
     assert_eq!(b.get_with("k", Consistency::All).await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// A placement change starts rebalancing `rebalance_delay` after membership settles, not at the
+/// next anti-entropy tick. Before, the ring had already been moved (by the task that follows
+/// membership) when the sync task looked, so it saw no change and waited for the tick: with
+/// anti-entropy an hour apart, the old nodes never handed off or became ready.
+#[tokio::test(start_paused = true)]
+async fn a_join_rebalances_without_waiting_for_anti_entropy() {
+    const KEYS: u32 = 2_000;
+    let mut sim = Sim::new(13);
+    sim.cache.anti_entropy_interval = Duration::from_secs(3_600);
+    let mut nodes = sim.cluster(3).await;
+    let b = nodes[0].cache().create_bucket(bucket_config("b")).await.unwrap();
+    all_ready(&nodes).await;
+    for k in 0..KEYS {
+        b.set(format!("key-{k}"), format!("value-{k}")).await.unwrap();
+    }
+    nodes.push(sim.start(4).await);
+    within(Duration::from_secs(30), "n4 joins", || all_alive(&nodes, 4)).await;
+    let settled = within(Duration::from_secs(60), "every node ready for the new placement", || {
+        nodes.iter().all(|n| {
+            let s = n.cache().stats();
+            n.cache().is_ready() && s.synced_generation == s.ring_generation
+        })
+    })
+    .await;
+    println!("every node ready {settled:?} after n4 joined");
+    // The old nodes handed off what n4 now owns: every key on exactly its 3 owners.
+    let buckets: Vec<CacheBucket> = nodes.iter().map(|n| n.cache().bucket("b").unwrap()).collect();
+    within(Duration::from_secs(10), "hand-offs dropped the old copies", || {
+        (0..KEYS).all(|k| holders(&buckets, format!("key-{k}").as_bytes()) == 3)
+    })
+    .await;
+    for k in 0..KEYS {
+        let key = format!("key-{k}");
+        for owner in b.owners(&key) {
+            let i = nodes.iter().position(|n| *n.id() == owner).unwrap();
+            let held = buckets[i].local_record(&key).and_then(|r| r.value().cloned());
+            assert_eq!(held, Some(Bytes::from(format!("value-{k}"))), "{key} on {owner}");
+        }
+    }
+}

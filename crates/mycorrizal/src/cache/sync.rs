@@ -128,7 +128,12 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                         _ = still => break,
                     }
                 }
-                due = rt.refresh_ring() || due;
+                // `follow_membership` has usually moved the ring already, so a change of ring
+                // here is not what makes a round due: a placement this node has not synced for
+                // is. (Only the first made rebalancing wait for the next anti-entropy tick, up
+                // to `anti_entropy_interval` after the change instead of `rebalance_delay`.)
+                rt.refresh_ring();
+                due = due || !rt.synced_for(rt.ring_shape().generation);
                 replay_hints(&rt).await;
             }
             _ = rt.kick.notified() => due = true,
