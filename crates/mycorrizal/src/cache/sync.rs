@@ -70,18 +70,30 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
     // Progress towards readiness for one placement generation: peers fully exchanged with
     // (in any round since the generation began) and whether the hand-off completed.
     let mut progress: (u64, BTreeSet<NodeId>, bool) = (u64::MAX, BTreeSet::new(), false);
+    // Whether the round due is a retry ("go again soon" below).
+    let mut retry = false;
     loop {
         if due {
             due = false;
             rt.refresh_ring();
             let ring = rt.ring();
+            // A retry for the same placement does only what earlier rounds for it left
+            // undone: a joining node declines hand-offs until it has filled, and its peers
+            // retry every `hint_replay_interval` meanwhile; each retry repeated every peer's
+            // digests and exchanges (a walk of the bucket each) for nothing. Rounds for any
+            // other reason (anti-entropy, a new bucket, a change) cover every peer.
+            let done = match retry && progress.0 == ring.generation {
+                true => Done { peers: progress.1.clone(), handed_off: progress.2 },
+                false => Done::default(),
+            };
+            retry = false;
             let span = tracing::info_span!(
                 "cache.sync",
                 node = %rt.me,
                 generation = ring.generation,
                 request_id = crate::trace::request_id()
             );
-            let result = tracing::Instrument::instrument(round(&rt, &ring), span).await;
+            let result = tracing::Instrument::instrument(round(&rt, &ring, &done), span).await;
             rt.counters.sync_rounds.fetch_add(1, Relaxed);
             rt.refresh_ring();
             if rt.ring().generation == ring.generation {
@@ -102,6 +114,7 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
             if !rt.synced_for(rt.ring_shape().generation) {
                 // Something was unreachable or placement moved under us: go again soon.
                 due = true;
+                retry = true;
                 tokio::select! {
                     biased;
                     _ = view.changed() => {}
@@ -159,8 +172,15 @@ struct RoundResult {
     handed_off: bool,
 }
 
-/// One round over every bucket and peer.
-async fn round(rt: &Arc<Runtime>, ring: &Ring) -> RoundResult {
+/// What earlier rounds for the current placement finished: skipped by a retry.
+#[derive(Default)]
+struct Done {
+    peers: BTreeSet<NodeId>,
+    handed_off: bool,
+}
+
+/// One round over every bucket and every peer but those `done`.
+async fn round(rt: &Arc<Runtime>, ring: &Ring, done: &Done) -> RoundResult {
     let peers: Vec<NodeId> = ring.live.iter().filter(|p| **p != rt.me).cloned().collect();
     let mut failed = BTreeSet::new();
     for peer in &peers {
@@ -180,22 +200,27 @@ async fn round(rt: &Arc<Runtime>, ring: &Ring) -> RoundResult {
             }
         }
     }
+    // Catalogs go to every peer (cheap, and a bucket declared meanwhile must spread);
+    // digests and exchanges only to those not done.
+    let peers: Vec<NodeId> = peers.into_iter().filter(|p| !done.peers.contains(p)).collect();
     let mut handed_off = true;
     for bucket in rt.catalog.all() {
-        handed_off &= sync_bucket(rt, ring, &bucket, &peers, &mut failed).await;
+        handed_off &= sync_bucket(rt, ring, &bucket, &peers, &mut failed, done.handed_off).await;
     }
     rt.counters.sync_failures.fetch_add(failed.len() as u64, Relaxed);
     RoundResult { synced: peers.into_iter().filter(|p| !failed.contains(p)).collect(), handed_off }
 }
 
-/// Brings one bucket in line with `ring` against every peer; adds the peers an exchange failed
-/// with to `failed` and returns whether the hand-off completed.
+/// Brings one bucket in line with `ring` against `peers`; adds the peers an exchange failed
+/// with to `failed` and returns whether the hand-off completed (skipped when an earlier round
+/// for this placement completed it: `handed_off`).
 async fn sync_bucket(
     rt: &Arc<Runtime>,
     ring: &Ring,
     b: &Arc<BucketState>,
     peers: &[NodeId],
     failed: &mut BTreeSet<NodeId>,
+    handed_off: bool,
 ) -> bool {
     // One walk for every peer. Records received from one peer while reconciling with another
     // can make a later peer's digests stale: a stale range only costs a version exchange that
@@ -226,7 +251,7 @@ async fn sync_bucket(
             failed.insert(peer.clone());
         }
     }
-    hand_off(rt, ring, b, None).await
+    handed_off || hand_off(rt, ring, b, None).await
 }
 
 /// This node's versions of keys shared with `peer` in `ranges`, grouped by range.
