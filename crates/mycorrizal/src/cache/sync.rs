@@ -7,12 +7,13 @@
 //!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
 //!    the peer answers with the keys it needs and the records it holds newer. Only differences
 //!    move, and only those that existed when this node began listing: where both hold a key,
-//!    a version written after that is the write path's to deliver ([`mycorrizal_core::digest::lacks`]). The peer finds its newer records in one walk and streams them as sync writes while
-//!    it walks, so however much moves an exchange is one walk on each side; the asker waits as
-//!    long as the writes keep coming (`Runtime::call_streamed`). A node that just joined holds
-//!    nothing, so every shared range differs and it pulls what it owns from each peer; while it
-//!    fills, it asks its peers for nothing in their own rounds (it pulls the same records in
-//!    its own).
+//!    a version written after that is the write path's to deliver
+//!    ([`mycorrizal_core::digest::lacks`]). The peer finds its newer records in one walk and
+//!    streams them as sync writes while it walks, so however much moves an exchange is one
+//!    walk on each side; the asker waits as long as the writes keep coming
+//!    (`Runtime::call_streamed`). A node that just joined holds nothing, so every shared range
+//!    differs and it pulls what it owns from each peer; while it fills, it asks its peers for
+//!    nothing in their own rounds (it pulls the same records in its own).
 //! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
 //!    the records they lack are sent, and the key is dropped only once every owner confirmed
 //!    it holds that version or newer. An owner that has not finished a round with a peer
@@ -20,11 +21,12 @@
 //!    from the other owners, so it is sent only the keys none of them confirmed, and counts as
 //!    confirmed for the rest.
 //!
-//! Rounds run after membership has been still for `rebalance_delay`, every
-//! `anti_entropy_interval`, and when a bucket is declared. All sending goes through one
-//! throttle (`sync_rate`); every walk over a bucket, here and where a peer's request is
-//! answered, is paced ([`super::walk`]). A round that reached every peer for an unchanged placement marks the
-//! node ready.
+//! Rounds run after membership has been still for `rebalance_delay` when this node has not
+//! synced for the placement, every `anti_entropy_interval`, and when a bucket is declared; a
+//! round that could not finish is retried every `hint_replay_interval`, for what it left undone.
+//! All sending goes through one throttle (`sync_rate`); every walk over a bucket, here and
+//! where a peer's request is answered, is paced ([`super::walk`]). A round that reached every
+//! peer for an unchanged placement marks the node ready.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
