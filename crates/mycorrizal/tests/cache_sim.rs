@@ -111,6 +111,14 @@ async fn all_ready(nodes: &[Node]) {
     .await;
 }
 
+/// Every node ready, and synced for the placement it has now (not one before it).
+fn synced_for_placement(nodes: &[Node]) -> bool {
+    nodes.iter().all(|n| {
+        let s = n.cache().stats();
+        n.cache().is_ready() && s.synced_generation == s.ring_generation
+    })
+}
+
 /// Which nodes hold a live or deleted record of `key`.
 fn holders(buckets: &[CacheBucket], key: &[u8]) -> usize {
     buckets.iter().filter(|b| b.local_record(key).is_some()).count()
@@ -388,13 +396,8 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
         n5.get_with(&lacking, Consistency::One).await.unwrap().map(Bytes::from),
         Some(value)
     );
-    let took = within(Duration::from_secs(120), "rebalanced", || {
-        nodes.iter().all(|n| n.cache().is_ready())
-            && nodes
-                .iter()
-                .all(|n| n.cache().stats().synced_generation == n.cache().stats().ring_generation)
-    })
-    .await;
+    let took =
+        within(Duration::from_secs(120), "rebalanced", || synced_for_placement(&nodes)).await;
     // Handoffs finish in the round after the one that copied.
     tokio::time::sleep(Duration::from_secs(35)).await;
     let buckets: Vec<CacheBucket> =
@@ -485,13 +488,7 @@ async fn a_slow_streamed_pull_outlasts_its_timeout_while_records_keep_arriving()
     let (failures_before, received_before): (u64, u64) = (failures(&nodes), received(&nodes));
     nodes.push(sim.start(3).await);
     within(Duration::from_secs(30), "n3 joins", || all_alive(&nodes, 3)).await;
-    let took = within(Duration::from_secs(600), "n3 filled", || {
-        nodes.iter().all(|n| {
-            let s = n.cache().stats();
-            n.cache().is_ready() && s.synced_generation == s.ring_generation
-        })
-    })
-    .await;
+    let took = within(Duration::from_secs(600), "n3 filled", || synced_for_placement(&nodes)).await;
     let n3 = nodes[2].cache().bucket("slow").unwrap();
     let owned: Vec<String> = (0..KEYS)
         .map(|k| format!("key-{k}"))
@@ -648,10 +645,7 @@ async fn a_join_rebalances_without_waiting_for_anti_entropy() {
     nodes.push(sim.start(4).await);
     within(Duration::from_secs(30), "n4 joins", || all_alive(&nodes, 4)).await;
     let settled = within(Duration::from_secs(60), "every node ready for the new placement", || {
-        nodes.iter().all(|n| {
-            let s = n.cache().stats();
-            n.cache().is_ready() && s.synced_generation == s.ring_generation
-        })
+        synced_for_placement(&nodes)
     })
     .await;
     println!("every node ready {settled:?} after n4 joined");

@@ -724,7 +724,7 @@ impl CacheBucket {
                 outcome = match s.local.apply(&key, record.clone()) {
                     Ok(StoreWrite::Applied) => tally.ack(),
                     Ok(StoreWrite::Stale) => {
-                        newer = newer.max(s.local.record(&key).map(|r| r.version.time));
+                        newer = newer.max(s.local.version_of(&key).map(|v| v.time));
                         tally.ack()
                     }
                     Err(e) => {
