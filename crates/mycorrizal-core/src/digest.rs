@@ -1,24 +1,34 @@
 //! Digests of a replica's contents, for anti-entropy and rebalancing.
 //!
-//! Two replicas compare what they hold for the keys they share without sending the keys: the
-//! key-hash space is cut into [`RANGES`] ranges, and each range is summarised by the XOR of one
-//! 64-bit digest per record (key hash, version, tombstone flag) and a count. Equal summaries mean
-//! (with overwhelming probability) equal contents; only ranges whose summaries differ are then
-//! compared key by key. XOR makes a summary independent of iteration order, so both sides can
-//! build it in one pass over an unordered store.
+//! Two replicas compare what they hold for the keys they share without sending the keys: a
+//! range is a placement slot ([`crate::placement::slot_of`]), whose keys all have the same
+//! owners, and each range is summarised by the XOR of one 64-bit digest per record (key hash,
+//! version, tombstone flag) and a count. Equal summaries mean (with overwhelming probability)
+//! equal contents; only ranges whose summaries differ are then compared key by key.
+//!
+//! XOR makes a summary independent of order, and lets a record leave it as it entered: a
+//! replica keeps its summaries current as records are stored, replaced, evicted and removed
+//! ([`LiveDigests`]), so two replicas compare what they hold within a round trip of each other.
+//! (Built by walking the store instead, two replicas' summaries were taken seconds apart, and
+//! under a write load over the whole key space every range differed: each anti-entropy round
+//! became a full key-by-key exchange.)
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::hlc::{HlcTime, Timestamp};
+use crate::{
+    hlc::{HlcTime, Timestamp},
+    placement,
+};
 
-/// Bits of the key hash that select a range.
-pub const RANGE_BITS: u32 = 8;
-/// Ranges per bucket.
-pub const RANGES: usize = 1 << RANGE_BITS;
+/// Ranges per bucket: one per placement slot.
+pub const RANGES: usize = placement::SLOTS;
 
-/// The range a key with this placement hash falls in: its top [`RANGE_BITS`] bits.
+/// The range a key with this placement hash falls in: its slot.
+#[inline]
 pub fn range_of(key_hash: u64) -> u32 {
-    (key_hash >> (64 - RANGE_BITS)) as u32
+    placement::slot_of(key_hash)
 }
 
 /// One record's contribution to its range's digest.
@@ -115,6 +125,65 @@ impl RangeDigests {
     }
 }
 
+/// Range summaries kept current as records come and go: one replica's whole bucket, every
+/// range, shared by the threads that write it.
+///
+/// Every record that enters the store is [`LiveDigests::insert`]ed and every record that
+/// leaves it (replaced, evicted, expired, deleted, handed off) is [`LiveDigests::remove`]d,
+/// exactly once each; the summaries then equal those built from scratch over what the store
+/// holds ([`RangeDigests::add`] for every record). The two halves of a range's summary are
+/// updated one after the other, so a [`LiveDigests::snapshot`] taken during a write may see
+/// half of it: a range that differs for that reason costs one version exchange that moves
+/// nothing.
+pub struct LiveDigests {
+    /// Per range: the XOR of its records' digests, and their count, side by side in one line.
+    ranges: Box<[[AtomicU64; 2]]>,
+}
+
+impl Default for LiveDigests {
+    fn default() -> Self {
+        LiveDigests {
+            ranges: (0..RANGES).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveDigests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveDigests").finish_non_exhaustive()
+    }
+}
+
+impl LiveDigests {
+    /// A record entered the store.
+    #[inline]
+    pub fn insert(&self, key_hash: u64, version: Timestamp, tombstone: bool) {
+        let r = &self.ranges[range_of(key_hash) as usize];
+        r[0].fetch_xor(entry_digest(key_hash, version, tombstone), Relaxed);
+        r[1].fetch_add(1, Relaxed);
+    }
+
+    /// A record left the store.
+    #[inline]
+    pub fn remove(&self, key_hash: u64, version: Timestamp, tombstone: bool) {
+        let r = &self.ranges[range_of(key_hash) as usize];
+        r[0].fetch_xor(entry_digest(key_hash, version, tombstone), Relaxed);
+        r[1].fetch_sub(1, Relaxed);
+    }
+
+    /// The summaries of the ranges `keep` selects (the others read as empty).
+    pub fn snapshot(&self, keep: impl Fn(u32) -> bool) -> RangeDigests {
+        let mut d = RangeDigests::default();
+        for (i, r) in self.ranges.iter().enumerate() {
+            if keep(i as u32) {
+                d.xor[i] = r[0].load(Relaxed);
+                d.count[i] = r[1].load(Relaxed) as u32;
+            }
+        }
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -191,6 +260,38 @@ mod tests {
                 }
             }
             prop_assert_eq!(a.mismatched(&b), vec![range_of(victim)]);
+        }
+    }
+
+    proptest! {
+        /// Live summaries, after records come and go in any order, equal summaries built from
+        /// scratch over the records that stayed; a snapshot keeps only the ranges asked for.
+        #[test]
+        fn live_summaries_equal_those_built_from_scratch(
+            ops in prop::collection::vec((any::<u64>(), 0u64..5, any::<bool>(), any::<bool>()), 0..300),
+            keep_every in 1u32..4,
+        ) {
+            let live = LiveDigests::default();
+            let mut held = std::collections::HashMap::new();
+            for (h, t, tombstone, removal) in ops {
+                // Few distinct keys, so records replace and remove each other often.
+                let h = (h % 64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                if let Some((v, tomb)) = held.remove(&h) {
+                    live.remove(h, v, tomb);
+                }
+                if !removal {
+                    live.insert(h, ts(t), tombstone);
+                    held.insert(h, (ts(t), tombstone));
+                }
+            }
+            let keep = |r: u32| r % keep_every == 0;
+            let mut fresh = RangeDigests::default();
+            for (&h, &(v, tomb)) in &held {
+                if keep(range_of(h)) {
+                    fresh.add(h, v, tomb);
+                }
+            }
+            prop_assert!(live.snapshot(keep).mismatched(&fresh).is_empty());
         }
     }
 

@@ -25,6 +25,7 @@
 //! | `mycorrizal_cache_hints_pending`, `..._hints_pending_bytes` | gauge | |
 //! | `mycorrizal_cache_hints_total` | counter | `outcome` (queued, replayed, dropped) |
 //! | `mycorrizal_cache_sync_rounds_total`, `..._sync_failures_total`, `..._handed_off_total` | counter | |
+//! | `mycorrizal_cache_sync_ranges_compared_total`, `..._sync_ranges_mismatched_total` | counter | |
 //! | `mycorrizal_cache_sync_records_total`, `..._sync_bytes_total` | counter | `direction` (sent, received) |
 //! | `mycorrizal_bucket_entries`, `..._bytes`, `..._tombstones` | gauge | `bucket` |
 //! | `mycorrizal_bucket_hits_total`, `..._misses_total`, `..._evictions_total`, `..._expirations_total`, `..._rejected_total` | counter | `bucket` |
@@ -400,6 +401,20 @@ impl Collector for Sources {
             "Peers a sync round could not finish its exchanges with (retried next round)",
             C,
             c.sync_failures,
+        )?;
+        one(
+            &mut e,
+            "mycorrizal_cache_sync_ranges_compared",
+            "Ranges whose digests sync rounds compared with a peer's",
+            C,
+            c.sync_ranges_compared,
+        )?;
+        one(
+            &mut e,
+            "mycorrizal_cache_sync_ranges_mismatched",
+            "Ranges whose digests differed from a peer's, compared key by key",
+            C,
+            c.sync_ranges_mismatched,
         )?;
         family(
             &mut e,

@@ -100,6 +100,11 @@ pub struct CacheStats {
     /// Peers a sync round could not finish its exchanges with (a catalog, digest or version
     /// exchange, or a push, failed or timed out); each is tried again in the next round.
     pub sync_failures: u64,
+    /// Ranges (placement slots) whose digests this node's rounds compared with a peer's.
+    pub sync_ranges_compared: u64,
+    /// Of those, ranges whose digests differed, and were compared key by key. Under a steady
+    /// write load a few differ only because a write was in flight when they were read.
+    pub sync_ranges_mismatched: u64,
     /// Records sent by rebalancing, anti-entropy, hand-offs and hint replay.
     pub sync_records_sent: u64,
     /// Records received the same ways: pushed here by peers, or pulled by exchanges started

@@ -13,11 +13,12 @@ use bytes::Bytes;
 use mycorrizal_core::{
     HlcTime, NodeId, NodeTag, Record, Timestamp,
     digest::{RangeDigests, lacks, range_of},
+    placement::slot_hash,
     wire::{
         Channel,
         cache::{
-            CacheOp, CacheReply, CacheRequest, CacheResponse, Catalog as WireCatalog, Entry,
-            Exchange, KeyVersion, LeaseReply, Mismatched, Versions, WireRecord, Written,
+            CacheOp, CacheReply, CacheRequest, CacheResponse, Catalog as WireCatalog, Digests,
+            Entry, Exchange, KeyVersion, LeaseReply, Mismatched, Versions, WireRecord, Written,
         },
         messages::ErrorCode,
     },
@@ -60,6 +61,8 @@ pub(crate) struct Counters {
     pub hints_dropped: AtomicU64,
     pub sync_rounds: AtomicU64,
     pub sync_failures: AtomicU64,
+    pub sync_ranges_compared: AtomicU64,
+    pub sync_ranges_mismatched: AtomicU64,
     pub sync_records_sent: AtomicU64,
     pub sync_records_received: AtomicU64,
     pub sync_bytes_sent: AtomicU64,
@@ -222,6 +225,8 @@ impl Runtime {
             hints_dropped: c.hints_dropped.load(Relaxed),
             sync_rounds: c.sync_rounds.load(Relaxed),
             sync_failures: c.sync_failures.load(Relaxed),
+            sync_ranges_compared: c.sync_ranges_compared.load(Relaxed),
+            sync_ranges_mismatched: c.sync_ranges_mismatched.load(Relaxed),
             sync_records_sent: c.sync_records_sent.load(Relaxed),
             sync_records_received: c.sync_records_received.load(Relaxed),
             sync_bytes_sent: c.sync_bytes_sent.load(Relaxed),
@@ -268,11 +273,11 @@ impl Runtime {
         if *to == self.me {
             return match op {
                 CacheOp::Lease(l) => self.lease(l.bucket, l.key).await.map_err(remote),
-                op @ (CacheOp::Digests(_) | CacheOp::Versions(_)) => {
+                op @ CacheOp::Versions(_) => {
                     // Boxed: answering an exchange may call (push to) the asker.
                     Box::pin(self.serve_walk(&self.me.clone(), op)).await.map_err(remote)
                 }
-                op => self.serve(op).map_err(remote),
+                op => self.serve(&self.me, op).map_err(remote),
             };
         }
         let payload = Bytes::from(CacheRequest { op: Some(op) }.encode_to_vec());
@@ -343,10 +348,11 @@ impl Runtime {
             .ok_or_else(|| (ErrorCode::UnknownBucket, format!("no bucket {name:?} here")))
     }
 
-    /// Handles every operation that answers at once (all but `Lease`, `Digests` and
-    /// `Versions`).
-    pub fn serve(self: &Arc<Self>, op: CacheOp) -> Result<CacheReply, Refusal> {
+    /// Handles every operation that answers at once (all but `Lease` and `Versions`), sent by
+    /// `from`.
+    pub fn serve(self: &Arc<Self>, from: &NodeId, op: CacheOp) -> Result<CacheReply, Refusal> {
         match op {
+            CacheOp::Digests(d) => self.compare_digests(from, d),
             CacheOp::Catalog(c) => {
                 for d in &c.buckets {
                     self.merge_decl(d);
@@ -412,30 +418,30 @@ impl Runtime {
                 self.release(b.name.clone(), r.key, record.map(|(w, _)| w));
                 Ok(CacheReply::Written(Written::default()))
             }
-            CacheOp::Lease(_) | CacheOp::Digests(_) | CacheOp::Versions(_) => {
+            CacheOp::Lease(_) | CacheOp::Versions(_) => {
                 Err((ErrorCode::BadRequest, "operation must be awaited".to_owned()))
             }
         }
     }
 
-    /// Handles the operations that walk a whole bucket (`Digests`, `Versions`); the walk is
-    /// paced (`walk::Pace`).
+    /// Answers a digest comparison: the shared ranges whose summaries differ from `d`'s.
+    fn compare_digests(&self, from: &NodeId, d: Digests) -> Result<CacheReply, Refusal> {
+        let b = self.bucket(&d.bucket)?;
+        let theirs =
+            RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
+                .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
+        let (ours, _) = self.digests_for(&b, &self.ring(), from);
+        Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
+    }
+
+    /// Handles the operation that walks a whole bucket (`Versions`); the walk is paced
+    /// (`walk::Pace`).
     pub async fn serve_walk(
         self: &Arc<Self>,
         from: &NodeId,
         op: CacheOp,
     ) -> Result<CacheReply, Refusal> {
         match op {
-            CacheOp::Digests(d) => {
-                let b = self.bucket(&d.bucket)?;
-                let theirs =
-                    RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
-                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
-                let ring = self.ring();
-                let ours = self.digests_for(&b, &ring, std::slice::from_ref(from)).await;
-                let ours = ours.into_iter().next().unwrap_or_default();
-                Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
-            }
             CacheOp::Versions(v) => {
                 let b = self.bucket(&v.bucket)?;
                 Ok(CacheReply::Exchange(self.exchange(&b, from, v).await))
@@ -479,34 +485,22 @@ impl Runtime {
         }
     }
 
-    /// For each of `peers` (in order), range digests of the records this node holds that the
-    /// peer and this node both own: one paced walk for all of them.
-    pub async fn digests_for(
-        &self,
-        b: &BucketState,
-        ring: &Ring,
-        peers: &[NodeId],
-    ) -> Vec<RangeDigests> {
+    /// Range digests of the ranges (placement slots) this node and `peer` both own, as they
+    /// stand: read from the bucket's live summaries, no walk. Every key of a slot has the same
+    /// owners, so the two sides' summaries of a shared slot cover the same keys. Also returns
+    /// how many ranges the two share.
+    pub fn digests_for(&self, b: &BucketState, ring: &Ring, peer: &NodeId) -> (RangeDigests, u64) {
         let rf = b.config.replicas() as usize;
-        let now = self.store.clock().now_ms();
-        let mut digests = vec![RangeDigests::default(); peers.len()];
-        let live: Vec<bool> = peers.iter().map(|p| ring.is_live(p)).collect();
-        if !live.contains(&true) {
-            return digests;
+        if !ring.is_live(peer) {
+            return (RangeDigests::default(), 0);
         }
-        let mut pace = Pace::new(&self.walks);
-        for (kh, e) in b.hashed(now) {
-            pace.step().await;
-            if !ring.is_mine(kh, rf) {
-                continue;
-            }
-            for (i, peer) in peers.iter().enumerate() {
-                if live[i] && ring.owns(kh, rf, peer) {
-                    digests[i].add(kh, e.version(), e.is_tombstone());
-                }
-            }
-        }
-        digests
+        let shared = std::cell::Cell::new(0);
+        let digests = b.local.digests().snapshot(|slot| {
+            let both = ring.both_own(slot_hash(slot), rf, &self.me, peer);
+            shared.set(shared.get() + u64::from(both));
+            both
+        });
+        (digests, shared.get())
     }
 
     /// Answers a version exchange: which of `v`'s keys this node needs (pushed by the asker
@@ -797,11 +791,12 @@ impl CacheDispatch {
             Err((code, message)) => reply.fail(code, message),
         };
         match op {
-            // Waits for another loader, or walks a whole bucket: off the link's reader.
+            // Waits for another loader, or walks a whole bucket: off the link's reader. (A
+            // digest comparison reads the live summaries: answered in place.)
             CacheOp::Lease(l) => {
                 tokio::spawn(async move { answer(rt.lease(l.bucket, l.key).await, reply) });
             }
-            op @ (CacheOp::Digests(_) | CacheOp::Versions(_)) => {
+            op @ CacheOp::Versions(_) => {
                 let from = from.clone();
                 // Plain task, not spawn_blocking: under a simulation's paused clock a blocking
                 // thread would let virtual time run ahead of the work.
@@ -809,7 +804,7 @@ impl CacheDispatch {
             }
             op => {
                 let pushed = matches!(&op, CacheOp::Write(w) if w.sync);
-                answer(rt.serve(op), reply);
+                answer(rt.serve(from, op), reply);
                 if pushed {
                     rt.pushed_by(from);
                 }

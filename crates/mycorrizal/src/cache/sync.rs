@@ -224,11 +224,10 @@ async fn sync_bucket(
     failed: &mut BTreeSet<NodeId>,
     handed_off: bool,
 ) -> bool {
-    // One walk for every peer. Records received from one peer while reconciling with another
-    // can make a later peer's digests stale: a stale range only costs a version exchange that
-    // moves nothing, and the next round compares afresh.
-    let all_digests = rt.digests_for(b, ring, peers).await;
-    for (peer, digests) in peers.iter().zip(all_digests) {
+    for peer in peers {
+        // Read just before sending, from the live summaries: the peer reads its own within a
+        // round trip, so only ranges with a difference, or a write in flight, mismatch.
+        let (digests, shared) = rt.digests_for(b, ring, peer);
         let op = CacheOp::Digests(Digests {
             bucket: b.name.to_string(),
             ranges: digests
@@ -236,8 +235,7 @@ async fn sync_bucket(
                 .map(|(range, digest, count)| RangeSummary { range, digest, count })
                 .collect(),
         });
-        // The peer walks the bucket (paced) to answer: more time than a single read.
-        let mismatched = match rt.call(peer, op, walk_timeout(rt, b)).await {
+        let mismatched = match rt.call(peer, op, rt.config.request_timeout).await {
             Ok(CacheReply::Mismatched(m)) => m.ranges,
             Ok(_) => {
                 failed.insert(peer.clone());
@@ -249,6 +247,8 @@ async fn sync_bucket(
                 continue;
             }
         };
+        rt.counters.sync_ranges_compared.fetch_add(shared, Relaxed);
+        rt.counters.sync_ranges_mismatched.fetch_add(mismatched.len() as u64, Relaxed);
         if !mismatched.is_empty() && !reconcile(rt, ring, b, peer, &mismatched).await {
             failed.insert(peer.clone());
         }

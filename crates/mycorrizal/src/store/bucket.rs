@@ -4,7 +4,8 @@
 //! S3-FIFO (scan resistant, synchronous, no background threads). On top of it this module adds
 //! absolute expiry checked on every read and reclaimed by the [`ExpiryIndex`](super::expiry)
 //! sweep, versioned writes merged by last-writer-wins, tombstones, admission control for
-//! oversized entries, and counters.
+//! oversized entries, counters, and the bucket's replication summaries
+//! ([`LiveDigests`]), kept current as records come and go.
 //!
 //! # Concurrency
 //!
@@ -28,7 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use mycorrizal_core::{Record, RecordState, Timestamp};
+use mycorrizal_core::{Record, RecordState, Timestamp, digest::LiveDigests, placement::key_hash};
 
 use super::{
     config::{BucketConfig, Capacity, ConfigError, MAX_KEY_LEN, check_ttl},
@@ -130,6 +131,10 @@ struct Inner {
     write_locks: Box<[Mutex<()>]>,
     expiry: ExpiryIndex,
     counters: Counters,
+    /// Range summaries of every record held, for anti-entropy: every record that enters or
+    /// leaves the engine enters or leaves them, under the placement hash of its key (the
+    /// bucket's name is its placement namespace).
+    digests: LiveDigests,
     clock: Arc<NodeClock>,
     max_entry_size: u64,
 }
@@ -178,6 +183,7 @@ impl Bucket {
                 write_locks: (0..WRITE_LOCKS).map(|_| Mutex::new(())).collect(),
                 expiry: ExpiryIndex::new(expiry_granularity_ms),
                 counters: Counters::new(),
+                digests: LiveDigests::default(),
                 clock,
                 max_entry_size,
             }),
@@ -370,9 +376,8 @@ impl Bucket {
         let _serial = self.write_lock(key);
         match self.inner.engine.remove_if(key, |h| h.version() == version) {
             Some(gone) => {
-                let counters = &self.inner.counters;
-                counters.occupancy(!gone.header().is_tombstone(), gone.size(), -1);
-                counters.count(Event::HandedOff);
+                self.left(&gone);
+                self.inner.counters.count(Event::HandedOff);
                 true
             }
             None => false,
@@ -392,6 +397,13 @@ impl Bucket {
     /// reads its record with [`Bucket::record`].
     pub(crate) fn scan(&self) -> impl Iterator<Item = Scanned> + '_ {
         self.inner.engine.iter(|p| Scanned { key: Key::from(p.key()), header: p.header() })
+    }
+
+    /// Range summaries of every record this bucket holds (tombstones and not-yet-reclaimed
+    /// expired values included), current as of the last write: what anti-entropy compares
+    /// between replicas.
+    pub(crate) fn digests(&self) -> &LiveDigests {
+        &self.inner.digests
     }
 
     /// A snapshot of this bucket's counters.
@@ -499,6 +511,9 @@ impl Bucket {
             (true, false) => {}
         }
         counters.occupancy(!header.is_tombstone(), entry.size(), 1);
+        // Into the summaries before the engine: a racing eviction of this very entry then
+        // always removes what is already there.
+        inner.digests.insert(self.placement_hash(key), header.version(), header.is_tombstone());
         // The replaced record's index entry, if it is for the same slot, still stands for this
         // key: the sweep re-checks whatever record the key holds when the slot comes due.
         // Rewriting hot keys with the same TTL then costs no index growth at all.
@@ -512,12 +527,27 @@ impl Bucket {
         }
         let inserted = inner.engine.insert(entry);
         if let Some(old) = &inserted.replaced {
-            counters.occupancy(!old.header().is_tombstone(), old.size(), -1);
+            self.left(old);
         }
         for gone in &inserted.evicted {
-            counters.occupancy(!gone.header().is_tombstone(), gone.size(), -1);
+            self.left(gone);
             counters.count(Event::Eviction);
         }
+    }
+
+    /// Accounts for an entry that left the engine (replaced, evicted or removed): occupancy
+    /// and summaries. Every entry that leaves passes here exactly once: the engine hands each
+    /// back to exactly one caller.
+    fn left(&self, gone: &Packed) {
+        let h = gone.header();
+        self.inner.counters.occupancy(!h.is_tombstone(), gone.size(), -1);
+        self.inner.digests.remove(self.placement_hash(gone.key()), h.version(), h.is_tombstone());
+    }
+
+    /// The key's placement hash, which picks its range in the summaries.
+    #[inline]
+    fn placement_hash(&self, key: &[u8]) -> u64 {
+        key_hash(self.name().as_bytes(), key)
     }
 
     /// Removes `key` if it still holds the record with `version` (an expired value or a
@@ -529,10 +559,13 @@ impl Bucket {
     }
 
     fn account_reaped(&self, gone: &Packed) {
-        let counters = &self.inner.counters;
+        self.left(gone);
         let tombstone = gone.header().is_tombstone();
-        counters.occupancy(!tombstone, gone.size(), -1);
-        counters.count(if tombstone { Event::TombstonePurged } else { Event::Expiration });
+        self.inner.counters.count(if tombstone {
+            Event::TombstonePurged
+        } else {
+            Event::Expiration
+        });
     }
 }
 
@@ -554,7 +587,7 @@ fn plan_shards(weight_capacity: u64, heaviest: u64, estimated_items: u64) -> u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use mycorrizal_core::{HlcTime, NodeTag};
 
     fn bucket_clock() -> Arc<NodeClock> {
@@ -567,6 +600,61 @@ mod tests {
 
     fn bucket(config: BucketConfig) -> Bucket {
         Bucket::new(config, bucket_clock(), 1_000).unwrap()
+    }
+
+    /// What a bucket's live summaries must equal: summaries built from scratch over every
+    /// record it holds.
+    fn digests_from_scratch(b: &Bucket) -> mycorrizal_core::digest::RangeDigests {
+        let mut d = mycorrizal_core::digest::RangeDigests::default();
+        for (key, rec) in b.entries() {
+            d.add(key_hash(b.name().as_bytes(), &key), rec.version, rec.is_tombstone());
+        }
+        d
+    }
+
+    proptest::proptest! {
+        /// However records enter and leave (sets with and without TTLs, deletes, replicated
+        /// applies old and new, expiry by reads and by the sweep, hand-offs, and evictions from
+        /// a bucket too small for its keys), the live summaries equal summaries built from
+        /// scratch over what the bucket holds.
+        #[test]
+        fn live_digests_follow_every_way_a_record_comes_and_goes(
+            ops in proptest::collection::vec((0u8..9, 0u8..40, 0u64..3_000), 1..400),
+        ) {
+            let wall = Arc::new(ManualClock::new(1_000));
+            let clock = Arc::new(NodeClock::new(NodeTag(1), wall.clone(), Duration::from_secs(1)));
+            // 40 keys into 24 entries: writes evict.
+            let b = Bucket::new(
+                BucketConfig::builder("b").max_entries(24).tombstone_ttl(Duration::from_secs(2)).build().unwrap(),
+                clock.clone(),
+                100,
+            ).unwrap();
+            for (op, k, n) in ops {
+                let key = [k];
+                match op {
+                    0 => { b.set(key, vec![k; 10]).unwrap(); }
+                    1 => { b.set_with_ttl(key, vec![k; 10], Duration::from_millis(n + 1)).unwrap(); }
+                    2 => { b.delete(key).unwrap(); }
+                    3 => { b.expire(key, Duration::from_millis(n + 1)).unwrap(); }
+                    4 => {
+                        // A replicated write, from the past or the future of this clock.
+                        let at = HlcTime::new((wall.now_ms() + n).saturating_sub(1_500), 0);
+                        let rec = Record::live(Timestamp { time: at, node: NodeTag(2) }, Bytes::from(vec![k; 5]), None);
+                        let _ = b.apply(key, rec);
+                    }
+                    5 => { let _ = b.get(key); }
+                    6 => { b.sweep_expired(); }
+                    7 => {
+                        if let Some(v) = b.version_of(&key) {
+                            b.drop_if_unchanged(key, v);
+                        }
+                    }
+                    _ => wall.advance(Duration::from_millis(n)),
+                }
+            }
+            let live = b.digests().snapshot(|_| true);
+            proptest::prop_assert!(live.mismatched(&digests_from_scratch(&b)).is_empty());
+        }
     }
 
     /// A scan yields every entry's header, and reads on the same thread, in the middle of the
