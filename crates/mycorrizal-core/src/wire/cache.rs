@@ -268,6 +268,10 @@ pub struct Digests {
     /// Non-empty ranges.
     #[prost(message, repeated, tag = "2")]
     pub ranges: Vec<RangeSummary>,
+    /// When not empty, only these ranges are compared (a recheck of ranges that differed):
+    /// `ranges` holds the non-empty ones among them.
+    #[prost(uint32, repeated, tag = "3")]
+    pub only: Vec<u32>,
 }
 
 /// Versions the sender holds in some ranges.

@@ -102,8 +102,8 @@ pub struct CacheStats {
     pub sync_failures: u64,
     /// Ranges (placement slots) whose digests this node's rounds compared with a peer's.
     pub sync_ranges_compared: u64,
-    /// Of those, ranges whose digests differed, and were compared key by key. Under a steady
-    /// write load a few differ only because a write was in flight when they were read.
+    /// Of those, ranges whose digests differed, and still differed when compared again after
+    /// the writes in flight had landed: these were compared key by key.
     pub sync_ranges_mismatched: u64,
     /// Records sent by rebalancing, anti-entropy, hand-offs and hint replay.
     pub sync_records_sent: u64,

@@ -431,7 +431,12 @@ impl Runtime {
             RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
                 .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
         let (ours, _) = self.digests_for(&b, &self.ring(), from);
-        Ok(CacheReply::Mismatched(Mismatched { ranges: ours.mismatched(&theirs) }))
+        let mut ranges = ours.mismatched(&theirs);
+        if !d.only.is_empty() {
+            let only: std::collections::HashSet<u32> = d.only.into_iter().collect();
+            ranges.retain(|r| only.contains(r));
+        }
+        Ok(CacheReply::Mismatched(Mismatched { ranges }))
     }
 
     /// Handles the operation that walks a whole bucket (`Versions`); the walk is paced

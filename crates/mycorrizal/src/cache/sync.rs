@@ -60,6 +60,13 @@ use super::{
 const VERSIONS_BATCH_BYTES: usize = 12 * 1024 * 1024;
 /// Hints replayed per message.
 const HINT_BATCH: usize = 256;
+/// Times a few differing ranges are compared again before they are walked for, and the wait
+/// before each: longer than a write takes to reach every replica on a loaded host, short next
+/// to a round. Under a saturating write load about one range in a hundred had a write in flight
+/// when its summaries were read; compared again, they agreed, and the walks of the store the
+/// key-by-key exchange costs were not needed.
+const RECHECKS: usize = 2;
+const RECHECK_AFTER: Duration = Duration::from_millis(200);
 
 /// The sync task: runs until the node stops (it is aborted with the node's other tasks).
 pub(crate) async fn run(rt: Arc<Runtime>) {
@@ -225,28 +232,24 @@ async fn sync_bucket(
     handed_off: bool,
 ) -> bool {
     for peer in peers {
-        // Read just before sending, from the live summaries: the peer reads its own within a
-        // round trip, so only ranges with a difference, or a write in flight, mismatch.
-        let (digests, shared) = rt.digests_for(b, ring, peer);
-        let op = CacheOp::Digests(Digests {
-            bucket: b.name.to_string(),
-            ranges: digests
-                .nonempty()
-                .map(|(range, digest, count)| RangeSummary { range, digest, count })
-                .collect(),
-        });
-        let mismatched = match rt.call(peer, op, rt.config.request_timeout).await {
-            Ok(CacheReply::Mismatched(m)) => m.ranges,
-            Ok(_) => {
-                failed.insert(peer.clone());
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(node = %rt.me, peer = %peer, error = %e, "digest exchange failed");
-                failed.insert(peer.clone());
-                continue;
-            }
+        let Some((mut mismatched, shared)) = compare(rt, ring, b, peer, &[]).await else {
+            failed.insert(peer.clone());
+            continue;
         };
+        // A few ranges differing among many is what writes in flight look like: compare those
+        // again once they have landed, and walk for the ones that still differ. (A range
+        // repaired by a pending hint still differs, and is walked: its hint is replayed within
+        // `hint_replay_interval` anyway.) Many differing ranges (a node filling) are real.
+        for _ in 0..RECHECKS {
+            if mismatched.is_empty() || mismatched.len() as u64 * 8 > shared {
+                break;
+            }
+            tokio::time::sleep(RECHECK_AFTER).await;
+            match compare(rt, ring, b, peer, &mismatched).await {
+                Some((again, _)) => mismatched = again,
+                None => break,
+            }
+        }
         rt.counters.sync_ranges_compared.fetch_add(shared, Relaxed);
         rt.counters.sync_ranges_mismatched.fetch_add(mismatched.len() as u64, Relaxed);
         if !mismatched.is_empty() && !reconcile(rt, ring, b, peer, &mismatched).await {
@@ -254,6 +257,39 @@ async fn sync_bucket(
         }
     }
     handed_off || hand_off(rt, ring, b, None).await
+}
+
+/// Compares range digests with `peer`: every range both own, or only those of `only` when it
+/// is not empty. Returns the ranges that differ and how many both own; `None` if the peer did
+/// not answer.
+async fn compare(
+    rt: &Arc<Runtime>,
+    ring: &Ring,
+    b: &BucketState,
+    peer: &NodeId,
+    only: &[u32],
+) -> Option<(Vec<u32>, u64)> {
+    // Read just before sending, from the live summaries: the peer reads its own within a
+    // round trip, so only ranges with a difference, or a write in flight, differ.
+    let (digests, shared) = rt.digests_for(b, ring, peer);
+    let wanted = |r: u32| only.is_empty() || only.binary_search(&r).is_ok();
+    let op = CacheOp::Digests(Digests {
+        bucket: b.name.to_string(),
+        ranges: digests
+            .nonempty()
+            .filter(|(range, _, _)| wanted(*range))
+            .map(|(range, digest, count)| RangeSummary { range, digest, count })
+            .collect(),
+        only: only.to_vec(),
+    });
+    match rt.call(peer, op, rt.config.request_timeout).await {
+        Ok(CacheReply::Mismatched(m)) => Some((m.ranges, shared)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(node = %rt.me, peer = %peer, error = %e, "digest exchange failed");
+            None
+        }
+    }
 }
 
 /// This node's versions of keys shared with `peer` in `ranges`, grouped by range.
