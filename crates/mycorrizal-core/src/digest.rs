@@ -284,7 +284,7 @@ mod tests {
                     held.insert(h, (ts(t), tombstone));
                 }
             }
-            let keep = |r: u32| r % keep_every == 0;
+            let keep = |r: u32| r.is_multiple_of(keep_every);
             let mut fresh = RangeDigests::default();
             for (&h, &(v, tomb)) in &held {
                 if keep(range_of(h)) {

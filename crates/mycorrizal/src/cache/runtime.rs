@@ -18,7 +18,8 @@ use mycorrizal_core::{
         Channel,
         cache::{
             CacheOp, CacheReply, CacheRequest, CacheResponse, Catalog as WireCatalog, Digests,
-            Entry, Exchange, KeyVersion, LeaseReply, Mismatched, Versions, WireRecord, Written,
+            Entry, Exchange, KeyVersion, LeaseReply, Mismatched, Versions, WireRecord, Write,
+            Written,
         },
         messages::ErrorCode,
     },
@@ -31,7 +32,7 @@ use super::{
     catalog::{BucketState, Catalog, Merged, config_of},
     config::CacheConfig,
     ring::{Ring, RingCell, Shape},
-    walk::{Pace, Walks},
+    walk::{APPLY_CHUNK, Pace, Walks},
 };
 use crate::{
     cluster::{MembershipView, MessagingError, Responder, link::Links},
@@ -363,36 +364,11 @@ impl Runtime {
                 let b = self.bucket(&w.bucket)?;
                 let single = w.entries.len() == 1;
                 if w.sync {
-                    let bytes: usize = w
-                        .entries
-                        .iter()
-                        .map(|e| {
-                            wire_size(e.key.len(), e.record.as_ref().map_or(0, |r| r.value.len()))
-                        })
-                        .sum();
-                    self.counters.sync_records_received.fetch_add(w.entries.len() as u64, Relaxed);
-                    self.counters.sync_bytes_received.fetch_add(bytes as u64, Relaxed);
+                    self.count_synced(&w);
                 }
                 let mut written = Written::default();
                 for e in w.entries {
-                    let record = e
-                        .record
-                        .and_then(WireRecord::into_record)
-                        .ok_or_else(|| (ErrorCode::BadRequest, "malformed record".to_owned()))?;
-                    match b.local.apply(&e.key, record) {
-                        Ok(WriteOutcome::Applied) => written.applied += 1,
-                        Ok(WriteOutcome::Stale) => {
-                            written.stale += 1;
-                            // What superseded a caller's write, so its coordinator can order
-                            // the write after it (see `CacheBucket::replicate_traced`).
-                            if single {
-                                written.newest_time =
-                                    b.local.record(&e.key).map_or(0, |r| r.version.time.to_raw());
-                            }
-                        }
-                        Err(err) if single => return Err((ErrorCode::Refused, err.to_string())),
-                        Err(_) => written.refused += 1,
-                    }
+                    apply_entry(&b, e, single, &mut written)?;
                 }
                 Ok(CacheReply::Written(written))
             }
@@ -422,6 +398,31 @@ impl Runtime {
                 Err((ErrorCode::BadRequest, "operation must be awaited".to_owned()))
             }
         }
+    }
+
+    /// Stores a batch of synced records (a sync write of more than [`APPLY_CHUNK`] records),
+    /// paced like a walk: off the link's reader, resting after every [`APPLY_CHUNK`].
+    async fn sync_write(&self, w: Write) -> Result<CacheReply, Refusal> {
+        let b = self.bucket(&w.bucket)?;
+        self.count_synced(&w);
+        let mut written = Written::default();
+        let mut pace = Pace::every(&self.walks, APPLY_CHUNK);
+        for e in w.entries {
+            pace.step().await;
+            apply_entry(&b, e, false, &mut written)?;
+        }
+        Ok(CacheReply::Written(written))
+    }
+
+    /// Counts a sync write's records and bytes as received.
+    fn count_synced(&self, w: &Write) {
+        let bytes: usize = w
+            .entries
+            .iter()
+            .map(|e| wire_size(e.key.len(), e.record.as_ref().map_or(0, |r| r.value.len())))
+            .sum();
+        self.counters.sync_records_received.fetch_add(w.entries.len() as u64, Relaxed);
+        self.counters.sync_bytes_received.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Answers a digest comparison: the shared ranges whose summaries differ from `d`'s.
@@ -812,6 +813,13 @@ impl CacheDispatch {
             CacheOp::Lease(l) => {
                 tokio::spawn(async move { answer(rt.lease(l.bucket, l.key).await, reply) });
             }
+            CacheOp::Write(w) if w.sync && w.entries.len() > APPLY_CHUNK => {
+                let from = from.clone();
+                tokio::spawn(async move {
+                    answer(rt.sync_write(w).await, reply);
+                    rt.pushed_by(&from);
+                });
+            }
             op @ CacheOp::Versions(_) => {
                 let from = from.clone();
                 // Plain task, not spawn_blocking: under a simulation's paused clock a blocking
@@ -827,6 +835,35 @@ impl CacheDispatch {
             }
         }
     }
+}
+
+/// Applies one entry of a write to `b`, counting what happened in `written`. A write of a
+/// `single` entry fails as a whole when the entry is refused, and reports the newer version
+/// that made it stale.
+fn apply_entry(
+    b: &BucketState,
+    e: Entry,
+    single: bool,
+    written: &mut Written,
+) -> Result<(), Refusal> {
+    let record = e
+        .record
+        .and_then(WireRecord::into_record)
+        .ok_or_else(|| (ErrorCode::BadRequest, "malformed record".to_owned()))?;
+    match b.local.apply(&e.key, record) {
+        Ok(WriteOutcome::Applied) => written.applied += 1,
+        Ok(WriteOutcome::Stale) => {
+            written.stale += 1;
+            // What superseded a caller's write, so its coordinator can order the write after
+            // it (see `CacheBucket::replicate_traced`).
+            if single {
+                written.newest_time = b.local.version_of(&e.key).map_or(0, |v| v.time.to_raw());
+            }
+        }
+        Err(err) if single => return Err((ErrorCode::Refused, err.to_string())),
+        Err(_) => written.refused += 1,
+    }
+    Ok(())
 }
 
 /// Whether a replica that failed a write should get a hint: not when it answered that it will

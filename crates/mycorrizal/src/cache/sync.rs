@@ -38,6 +38,7 @@ use bytes::Bytes;
 use mycorrizal_core::{
     NodeId, Timestamp,
     digest::range_of,
+    placement::slot_of,
     wire::cache::{
         CacheOp, CacheReply, Catalog as WireCatalog, Digests, Entry, KeyVersion, RangeSummary,
         Versions, WireRecord, Write,
@@ -385,8 +386,8 @@ async fn reconcile(
                 .map(|e| wire_size(e.key.len(), e.record.as_ref().map_or(0, |r| r.value.len())))
                 .sum();
             rt.throttle_pull(pulled).await;
-            // An answer holds up to 12 MiB of records: applied in paced chunks, like a walk.
-            let mut pace = Pace::new(&rt.walks);
+            // An answer holds up to `sync_batch_bytes` of records: applied in paced chunks.
+            let mut pace = Pace::every(&rt.walks, walk::APPLY_CHUNK);
             for e in &ex.newer {
                 pace.step().await;
                 if let Some(rec) = e.record.clone().and_then(WireRecord::into_record)
@@ -466,8 +467,26 @@ pub(crate) async fn send(
     }
 }
 
+/// A key this node holds but does not own, waiting for its owners to confirm it.
+struct Pending {
+    version: Timestamp,
+    tombstone: bool,
+    /// The key's placement slot: its owners are the slot's.
+    slot: u32,
+    /// Owners that have not confirmed it yet.
+    unconfirmed: usize,
+    /// Whether an owner confirmed it itself (rather than being pushed it after declining).
+    held: bool,
+}
+
 /// Offers every key this node holds but does not own (in `ring`, or in `ring` without this
 /// node when `leaving`) to its owners, and drops each once all its owners confirmed it.
+///
+/// A join hands off a quarter of each old node's keys, so everything here is paced like a walk
+/// and nothing large is built, sorted or freed in one go: the keys wait in one map, in key
+/// order, and each owner's offers are read off it a chunk at a time. (Sorting each owner's
+/// offers, and dropping the handed-off keys in one loop, held a worker thread for up to most
+/// of a second.)
 async fn hand_off(
     rt: &Arc<Runtime>,
     ring: &Ring,
@@ -477,44 +496,49 @@ async fn hand_off(
     let rf = b.config.replicas() as usize;
     let now = rt.store.clock().now_ms();
     let placement = leaving.unwrap_or(ring);
-    // key -> (version, owners not yet confirmed, whether an owner confirmed it)
-    let mut pending: BTreeMap<Bytes, (Timestamp, usize, bool)> = BTreeMap::new();
-    let mut per_owner: BTreeMap<NodeId, Vec<KeyVersion>> = BTreeMap::new();
+    let mut pending: BTreeMap<Bytes, Pending> = BTreeMap::new();
+    // The owners of each slot with keys to hand off (this node excluded).
+    let mut slot_owners: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
     let mut pace = Pace::new(&rt.walks);
     for (kh, e) in b.hashed(now) {
         pace.step().await;
         if leaving.is_none() && placement.is_mine(kh, rf) {
             continue;
         }
-        let owners = placement.owners(kh, rf);
-        let owners: Vec<NodeId> = owners.into_iter().filter(|o| *o != rt.me).collect();
+        let slot = slot_of(kh);
+        let owners = slot_owners.entry(slot).or_insert_with(|| {
+            placement.owners(kh, rf).into_iter().filter(|o| *o != rt.me).collect()
+        });
         if owners.is_empty() {
             continue;
         }
-        let (key, version, tombstone) = (e.key_bytes(), e.version(), e.is_tombstone());
-        for o in &owners {
-            per_owner.entry(o.clone()).or_default().push(version_of(
-                key.clone(),
-                version,
-                tombstone,
-            ));
-        }
-        pending.insert(key, (version, owners.len(), false));
+        let p = Pending {
+            version: e.version(),
+            tombstone: e.is_tombstone(),
+            slot,
+            unconfirmed: owners.len(),
+            held: false,
+        };
+        pending.insert(e.key_bytes(), p);
     }
     if pending.is_empty() {
         return true;
     }
+    let everyone: BTreeSet<NodeId> = slot_owners.values().flatten().cloned().collect();
     let mut complete = true;
     // Offers declined by an owner still filling from nothing: it pulls what it owns from the
     // other owners, so it is sent only the keys none of them confirmed.
     let mut declined: Vec<(NodeId, Vec<KeyVersion>)> = Vec::new();
-    for (owner, mut versions) in per_owner {
-        versions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let mut confirmed_all = true;
-        // Small chunks: answering a hand-off offer reads each offered key (no walk), and the
-        // owner's answer (what it lacks) is only as fresh as its chunk: the smaller the chunk,
-        // the fewer of the records pushed have reached the owner some other way meanwhile.
-        for chunk in chunk_versions(versions, rt.config.sync_batch_bytes) {
+    for owner in everyone {
+        let mut after: Option<Bytes> = None;
+        loop {
+            // Small chunks: answering a hand-off offer reads each offered key (no walk), and
+            // the owner's answer (what it lacks) is only as fresh as its chunk: the smaller the
+            // chunk, the fewer of the records pushed have reached the owner some other way
+            // meanwhile.
+            let chunk = next_offer(rt, &pending, &slot_owners, &owner, after.take()).await;
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.key.clone());
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
                 ranges: Vec::new(),
@@ -526,7 +550,7 @@ async fn hand_off(
             let ex = match rt.call(&owner, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex,
                 _ => {
-                    confirmed_all = false;
+                    complete = false;
                     break;
                 }
             };
@@ -540,17 +564,16 @@ async fn hand_off(
                 .filter_map(|&i| chunk.get(i as usize).map(|v| v.key.clone()))
                 .collect();
             if !push(rt, b, &owner, &keys).await {
-                confirmed_all = false;
+                complete = false;
                 break;
             }
             confirm(&mut pending, &chunk, true);
         }
-        complete &= confirmed_all;
     }
     for (owner, chunk) in declined {
         let alone: Vec<Bytes> = chunk
             .iter()
-            .filter(|v| pending.get(&v.key).is_some_and(|p| !p.2))
+            .filter(|v| pending.get(&v.key).is_some_and(|p| !p.held))
             .map(|v| v.key.clone())
             .collect();
         if !push(rt, b, &owner, &alone).await {
@@ -560,8 +583,10 @@ async fn hand_off(
         confirm(&mut pending, &chunk, false);
     }
     let mut dropped = 0;
-    for (key, (version, unconfirmed, _)) in pending {
-        if unconfirmed == 0 && b.local.drop_if_unchanged(&key, version) {
+    let mut pace = Pace::new(&rt.walks);
+    for (key, p) in pending {
+        pace.step().await;
+        if p.unconfirmed == 0 && b.local.drop_if_unchanged(&key, p.version) {
             dropped += 1;
         }
     }
@@ -569,17 +594,43 @@ async fn hand_off(
     complete
 }
 
+/// The next chunk of offers for `owner`, of at most `sync_batch_bytes` on the wire: the keys
+/// after `after` in `pending` (in key order) whose slot `owner` owns.
+async fn next_offer(
+    rt: &Runtime,
+    pending: &BTreeMap<Bytes, Pending>,
+    slot_owners: &BTreeMap<u32, Vec<NodeId>>,
+    owner: &NodeId,
+    after: Option<Bytes>,
+) -> Vec<KeyVersion> {
+    let from = match after {
+        Some(k) => std::ops::Bound::Excluded(k),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    let mut pace = Pace::new(&rt.walks);
+    for (key, p) in pending.range((from, std::ops::Bound::Unbounded)) {
+        pace.step().await;
+        if !slot_owners.get(&p.slot).is_some_and(|o| o.contains(owner)) {
+            continue;
+        }
+        size += key.len() + 24;
+        chunk.push(version_of(key.clone(), p.version, p.tombstone));
+        if size >= rt.config.sync_batch_bytes {
+            break;
+        }
+    }
+    chunk
+}
+
 /// Counts one more owner as holding every key of `chunk`; `held_by_owner` when that owner
 /// confirmed the keys itself rather than being pushed them after declining.
-fn confirm(
-    pending: &mut BTreeMap<Bytes, (Timestamp, usize, bool)>,
-    chunk: &[KeyVersion],
-    held_by_owner: bool,
-) {
+fn confirm(pending: &mut BTreeMap<Bytes, Pending>, chunk: &[KeyVersion], held_by_owner: bool) {
     for v in chunk {
         if let Some(p) = pending.get_mut(&v.key) {
-            p.1 -= 1;
-            p.2 |= held_by_owner;
+            p.unconfirmed -= 1;
+            p.held |= held_by_owner;
         }
     }
 }
@@ -588,22 +639,6 @@ fn confirm(
 /// as large as ours).
 fn walk_timeout(rt: &Runtime, b: &BucketState) -> Duration {
     walk::walk_timeout(rt.config.request_timeout * 4, b.local.stats().entries)
-}
-
-/// Splits `versions` into chunks of at most `budget` bytes on the wire.
-fn chunk_versions(versions: Vec<KeyVersion>, budget: usize) -> Vec<Vec<KeyVersion>> {
-    let mut out = vec![Vec::new()];
-    let mut size = 0;
-    for v in versions {
-        let bytes = v.key.len() + 24;
-        if size + bytes > budget && !out.last().is_none_or(Vec::is_empty) {
-            out.push(Vec::new());
-            size = 0;
-        }
-        size += bytes;
-        out.last_mut().expect("never empty").push(v);
-    }
-    out
 }
 
 /// Replays pending hints to every hinted node that is live again.

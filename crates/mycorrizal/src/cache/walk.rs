@@ -21,6 +21,11 @@ use tokio::time::Instant;
 
 /// Entries walked between two rests.
 pub(crate) const CHUNK: usize = 1024;
+/// Records applied between two rests, where a batch of synced records is stored: an apply
+/// (a lookup, a version comparison, an insert) costs as much as several entries walked, and a
+/// batch of a megabyte (7,000 records of 100 bytes) applied in one go held a worker thread
+/// for about 10 ms.
+pub(crate) const APPLY_CHUNK: usize = 128;
 /// Rest after each chunk, as a multiple of the time the chunk took.
 const REST_PER_BUSY: u32 = 2;
 /// Longest rest owed for one chunk.
@@ -71,20 +76,27 @@ impl Walks {
 pub(crate) struct Pace<'a> {
     walks: &'a Walks,
     seen: usize,
+    /// Steps between two rests.
+    chunk: usize,
     since: Instant,
 }
 
 impl<'a> Pace<'a> {
     /// A walk paced within `walks`, its node's budget.
     pub fn new(walks: &'a Walks) -> Pace<'a> {
-        Pace { walks, seen: 0, since: Instant::now() }
+        Pace::every(walks, CHUNK)
     }
 
-    /// Counts one entry; after every [`CHUNK`] entries, rests or yields.
+    /// Work paced within `walks` that rests after every `chunk` steps.
+    pub fn every(walks: &'a Walks, chunk: usize) -> Pace<'a> {
+        Pace { walks, seen: 0, chunk: chunk.max(1), since: Instant::now() }
+    }
+
+    /// Counts one entry; after every chunk of entries ([`CHUNK`] unless set), rests or yields.
     #[inline]
     pub async fn step(&mut self) {
         self.seen += 1;
-        if self.seen.is_multiple_of(CHUNK) {
+        if self.seen.is_multiple_of(self.chunk) {
             self.rest().await;
         }
     }
