@@ -23,7 +23,10 @@ pub struct CacheConfig {
     /// entries the walks over every entry cost more than the bytes and p99 reached 5x
     /// (docs/BENCHMARKS.md). Raise it on larger machines to rebalance faster.
     pub sync_rate: u64,
-    /// Largest batch of records in one rebalancing message. Default 1 MiB.
+    /// Largest batch of records, or of versions offered in a hand-off, in one rebalancing
+    /// message. Default 256 KiB: a message is decoded, and a hand-off offer's confirmations
+    /// counted, in one go, so a batch is a unit of work that holds a worker thread; at the
+    /// default 4 MiB/s it is still only 16 messages a second.
     pub sync_batch_bytes: usize,
     /// Bytes of hints (writes for unreachable replicas) held for replay. A hint that does not
     /// fit is counted as dropped and left to anti-entropy. Default 64 MiB.
@@ -45,7 +48,7 @@ impl CacheConfig {
             anti_entropy_interval: Duration::from_secs(30),
             rebalance_delay: Duration::from_millis(500),
             sync_rate: 4 * 1024 * 1024,
-            sync_batch_bytes: 1024 * 1024,
+            sync_batch_bytes: 256 * 1024,
             hint_capacity: 64 * 1024 * 1024,
             hint_replay_interval: Duration::from_secs(1),
             lease_timeout: Duration::from_secs(10),
