@@ -736,3 +736,31 @@ async fn anti_entropy_under_a_write_load_compares_only_ranges_with_a_write_in_fl
         assert!(held.iter().all(|v| v.is_some() && *v == held[0]), "{key}: {held:?}");
     }
 }
+
+/// A node that held data alone (before any peer existed) is a source, not a node filling from
+/// nothing: a peer that joins pulls every key from it and holds them all once both are ready.
+/// (A node that has not finished a round with a peer reports no difference to a peer's digest
+/// comparison; a lone node with data must not count as one, or the joining node would be
+/// ready holding nothing.)
+#[tokio::test(start_paused = true)]
+async fn a_node_joining_one_that_held_data_alone_pulls_every_key() {
+    const KEYS: u32 = 500;
+    let sim = Sim::new(15);
+    let first = sim.start(1).await; // its seed c2 does not exist yet
+    let b = first.cache().create_bucket(bucket_config("alone")).await.unwrap();
+    let one = WriteOptions { consistency: Some(Consistency::One), ..Default::default() };
+    for k in 0..KEYS {
+        b.set_with(format!("key-{k}"), format!("value-{k}"), one).await.unwrap();
+    }
+    // Rounds run alone for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let nodes = vec![first, sim.start(2).await];
+    within(Duration::from_secs(30), "cluster forms", || all_alive(&nodes, 2)).await;
+    // The moment c2 says it is ready, it holds what it owns: everything, at 3 replicas on 2.
+    within(Duration::from_secs(60), "c2 ready", || nodes[1].cache().is_ready()).await;
+    let second = nodes[1].cache().bucket("alone").unwrap();
+    for k in 0..KEYS {
+        let held = second.local_record(format!("key-{k}")).and_then(|r| r.value().cloned());
+        assert_eq!(held, Some(Bytes::from(format!("value-{k}"))), "key-{k} on c2");
+    }
+}

@@ -128,8 +128,10 @@ pub(crate) struct Runtime {
     pushes: Mutex<HashMap<NodeId, u64>>,
     /// The pacing budget every walk over a bucket on this node shares.
     pub walks: Walks,
-    /// A sync round with at least one peer completed since this node started. Until then its
-    /// replicas fill from nothing: it pulls everything it owns, and declines hand-offs.
+    /// A sync round with at least one peer completed since this node started (or one alone
+    /// while it held records: it is their source). Until then its replicas fill from nothing:
+    /// it pulls everything it owns, reports no difference to digest comparisons, and declines
+    /// hand-offs.
     pub filled: std::sync::atomic::AtomicBool,
 }
 

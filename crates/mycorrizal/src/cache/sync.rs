@@ -3,8 +3,12 @@
 //! A *round* brings this node's replicas in line with the current placement:
 //!
 //! 1. Catalogs are exchanged with every live peer, so every node knows every bucket.
-//! 2. For each bucket and each live peer, range digests of the keys both own are compared
-//!    ([`mycorrizal_core::digest`]); for ranges that differ, this node sends its versions and
+//! 2. For each bucket and each live peer, range digests of the placement slots both own are
+//!    compared ([`mycorrizal_core::digest`]), read on each side from summaries the bucket keeps
+//!    current, within a round trip of each other. A few differing ranges among many are what
+//!    writes in flight look like: they are compared again once those have landed, and only
+//!    ranges that still differ go on. A node still filling reports no difference (it pulls in
+//!    its own rounds). For ranges that differ, this node sends its versions and
 //!    the peer answers with the keys it needs and the records it holds newer. Only differences
 //!    move, and only those that existed when this node began listing: where both hold a key,
 //!    a version written after that is the write path's to deliver
@@ -116,7 +120,12 @@ pub(crate) async fn run(rt: Arc<Runtime>) {
                     ring.live.iter().filter(|p| **p != rt.me).all(|p| progress.1.contains(p));
                 if everyone && progress.2 {
                     rt.synced.send_replace(ring.generation);
-                    if ring.live.len() > 1 {
+                    // A round alone proves nothing about a node that is about to find its
+                    // cluster and fill from it; but one that holds records alone (it took
+                    // writes before any peer existed) is their source, and must answer
+                    // digests and take hand-offs like any filled node.
+                    let holds = || rt.catalog.all().iter().any(|b| b.local.stats().entries > 0);
+                    if ring.live.len() > 1 || holds() {
                         rt.filled.store(true, Relaxed);
                     }
                 }
