@@ -810,8 +810,7 @@ impl CacheDispatch {
             Err((code, message)) => reply.fail(code, message),
         };
         match op {
-            // Waits for another loader, or walks a whole bucket: off the link's reader. (A
-            // digest comparison reads the live summaries: answered in place.)
+            // Waits for another loader, or walks a whole bucket: off the link's reader.
             CacheOp::Lease(l) => {
                 tokio::spawn(async move { answer(rt.lease(l.bucket, l.key).await, reply) });
             }
@@ -821,6 +820,11 @@ impl CacheDispatch {
                     answer(rt.sync_write(w).await, reply);
                     rt.pushed_by(&from);
                 });
+            }
+            // Finding the slots both own scores every member for every slot: off the reader.
+            CacheOp::Digests(d) => {
+                let from = from.clone();
+                tokio::spawn(async move { answer(rt.compare_digests(&from, d), reply) });
             }
             op @ CacheOp::Versions(_) => {
                 let from = from.clone();
