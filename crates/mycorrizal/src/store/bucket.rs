@@ -513,7 +513,8 @@ impl Bucket {
         counters.occupancy(!header.is_tombstone(), entry.size(), 1);
         // Into the summaries before the engine: a racing eviction of this very entry then
         // always removes what is already there.
-        inner.digests.insert(self.placement_hash(key), header.version(), header.is_tombstone());
+        let placement_hash = self.placement_hash(key);
+        inner.digests.insert(placement_hash, header.version(), header.is_tombstone());
         // The replaced record's index entry, if it is for the same slot, still stands for this
         // key: the sweep re-checks whatever record the key holds when the slot comes due.
         // Rewriting hot keys with the same TTL then costs no index growth at all.
@@ -527,7 +528,8 @@ impl Bucket {
         }
         let inserted = inner.engine.insert(entry);
         if let Some(old) = &inserted.replaced {
-            self.left(old);
+            // The same key: its placement hash is the one just computed.
+            self.left_hashed(old, placement_hash);
         }
         for gone in &inserted.evicted {
             self.left(gone);
@@ -539,9 +541,14 @@ impl Bucket {
     /// and summaries. Every entry that leaves passes here exactly once: the engine hands each
     /// back to exactly one caller.
     fn left(&self, gone: &Packed) {
+        self.left_hashed(gone, self.placement_hash(gone.key()));
+    }
+
+    /// [`Bucket::left`] for an entry whose key's placement hash is known.
+    fn left_hashed(&self, gone: &Packed, placement_hash: u64) {
         let h = gone.header();
         self.inner.counters.occupancy(!h.is_tombstone(), gone.size(), -1);
-        self.inner.digests.remove(self.placement_hash(gone.key()), h.version(), h.is_tombstone());
+        self.inner.digests.remove(placement_hash, h.version(), h.is_tombstone());
     }
 
     /// The key's placement hash, which picks its range in the summaries.
