@@ -433,9 +433,9 @@ impl Runtime {
     /// restarted empty) reports no difference. Its own rounds pull what it owns from every
     /// peer; a peer's round would list that peer's versions to it for nothing (during a join,
     /// each old node listed about 560,000 keys to the new one, and the new one read them into
-    /// a map and walked its store to answer). What it holds newer than a peer, writes that
-    /// reached it but missed the peer, is in the peer's hints, and the next anti-entropy round
-    /// compares again.
+    /// a map and walked its store to answer). What it holds newer than a peer, a write that
+    /// reached it but missed the peer, is in that write's coordinator's hints, and the next
+    /// anti-entropy round compares again.
     fn compare_digests(&self, from: &NodeId, d: Digests) -> Result<CacheReply, Refusal> {
         let b = self.bucket(&d.bucket)?;
         if !self.filled.load(Relaxed) {

@@ -8,8 +8,8 @@
 //!    current, within a round trip of each other. A few differing ranges among many are what
 //!    writes in flight look like: they are compared again once those have landed, and only
 //!    ranges that still differ go on. A node still filling reports no difference (it pulls in
-//!    its own rounds). For ranges that differ, this node sends its versions and
-//!    the peer answers with the keys it needs and the records it holds newer. Only differences
+//!    its own rounds). For ranges that differ, this node sends its versions and the peer
+//!    answers with the keys it needs and the records it holds newer. Only differences
 //!    move, and only those that existed when this node began listing: where both hold a key,
 //!    a version written after that is the write path's to deliver
 //!    ([`mycorrizal_core::digest::lacks`]). The peer finds its newer records in one walk and
