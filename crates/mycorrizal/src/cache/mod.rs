@@ -233,11 +233,7 @@ impl Cache {
 }
 
 fn conflict(existing: &BucketConfig, requested: BucketConfig) -> CacheError {
-    CacheError::Conflict {
-        name: requested.name().to_string(),
-        existing: Box::new(existing.clone()),
-        requested: Box::new(requested),
-    }
+    CacheError::Conflict { existing: Box::new(existing.clone()), requested: Box::new(requested) }
 }
 
 /// A handle to one declared bucket. Cloning is cheap.
@@ -370,14 +366,26 @@ impl CacheBucket {
         };
         match now {
             Ok(value) => Get(GetState::Answered(value)),
-            Err(why) => {
-                let (s, key) = (s.into_owned(), Bytes::copy_from_slice(key));
-                let filling = why == NotLocal::Filling;
-                Get(GetState::Asking(Box::pin(async move {
-                    self.read_remote(&s, &key, consistency, filling).await
-                })))
-            }
+            Err(why) => self.ask(s.into_owned(), key, consistency, why),
         }
+    }
+
+    /// The network path of a read, kept out of line: inlined, its future's construction sat
+    /// in every caller's loop beside the local read.
+    #[cold]
+    #[inline(never)]
+    fn ask(
+        &self,
+        s: Arc<BucketState>,
+        key: &[u8],
+        consistency: Consistency,
+        why: NotLocal,
+    ) -> Get<'_> {
+        let key = Bytes::copy_from_slice(key);
+        let filling = why == NotLocal::Filling;
+        Get(GetState::Asking(Box::pin(async move {
+            self.read_remote(&s, &key, consistency, filling).await
+        })))
     }
 
     /// What this node's replica answers for `key` at consistency One, if it can.
@@ -481,7 +489,9 @@ impl CacheBucket {
             }
         }
         if answers.len() < needed {
-            return Err(CacheError::ReadFailed { needed, answered: answers.len(), detail: last });
+            // Both are at most the bucket's replica count, a `u32`.
+            let (needed, answered) = (needed as u32, answers.len() as u32);
+            return Err(CacheError::ReadFailed { needed, answered, detail: last });
         }
         let newest = answers.iter().filter_map(|(_, r)| r.clone()).reduce(Record::merge);
         if let Some(newest) = &newest {
@@ -946,6 +956,7 @@ enum GetState<'a> {
 impl Future for Get<'_> {
     type Output = Result<Option<Value>, CacheError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.get_mut().0;
         let out = match state {
