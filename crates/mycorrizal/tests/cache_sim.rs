@@ -462,6 +462,45 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
     }
 }
 
+/// A hand-off's offers are charged to the rebalancing budget although no record moves: each
+/// offered version costs as much as a small record (128 bytes), because the owners read every
+/// offered key. Here a node leaves three that all hold every key, so its hand-off is offers
+/// alone (2,000 keys to each of two owners: 500 KiB of budget), and at 64 KiB/s the leave
+/// takes about 8 seconds; charged nothing, the offers went out in a fraction of a second.
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_of_keys_the_owners_hold_is_paced_by_the_budget() {
+    const KEYS: u32 = 2_000;
+    let mut sim = Sim::new(21);
+    sim.cache.sync_rate = 64 * 1024;
+    sim.cache.sync_batch_bytes = 16 * 1024;
+    let mut nodes = sim.cluster(3).await;
+    let b = nodes[0].cache().create_bucket(bucket_config("offers")).await.unwrap();
+    for k in 0..KEYS {
+        b.set(format!("key-{k}"), "v").await.unwrap();
+    }
+    drop(b);
+    all_ready(&nodes).await;
+    let received = |nodes: &[Node]| -> u64 {
+        nodes.iter().map(|n| n.cache().stats().sync_records_received).sum()
+    };
+    let received_before = received(&nodes);
+    let leaver = nodes.remove(0);
+    let started = tokio::time::Instant::now();
+    leaver.shutdown(Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    let budget = Duration::from_secs_f64(f64::from(KEYS) * 2.0 * 128.0 / (64.0 * 1024.0));
+    // The budget is paid ahead: the last batch of offers goes out when its share begins.
+    let last_batch = Duration::from_millis(250);
+    assert!(took >= budget - last_batch, "the hand-off took only {took:?}, budget {budget:?}");
+    assert!(took < budget * 3, "the hand-off took {took:?}, budget {budget:?}");
+    assert_eq!(received(&nodes), received_before, "the owners held every key: nothing moved");
+    let buckets: Vec<CacheBucket> =
+        nodes.iter().map(|n| n.cache().bucket("offers").unwrap()).collect();
+    for k in 0..KEYS {
+        assert_eq!(holders(&buckets, format!("key-{k}").as_bytes()), 2, "key-{k}");
+    }
+}
+
 /// A joining node's pull is streamed: the peer pushes what the new node lacks as sync writes
 /// during one version exchange, and the new node waits as long as they keep arriving. Here
 /// the throttle is so slow that each pull lasts about a hundred of the new node's exchange

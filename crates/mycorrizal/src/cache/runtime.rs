@@ -243,6 +243,18 @@ impl Runtime {
 
     /// Waits until the rebalancing budget allows sending `bytes` more.
     pub async fn throttle(&self, bytes: usize) {
+        self.spend(bytes).await;
+        self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Charges a hand-off offer costing `bytes` of the budget (see `sync::offer_cost`); an
+    /// offer is not a record, so the bytes are not counted as sent.
+    pub async fn throttle_offer(&self, bytes: usize) {
+        self.spend(bytes).await;
+    }
+
+    /// Waits for `bytes` of the rebalancing budget (`sync_rate`).
+    async fn spend(&self, bytes: usize) {
         let cost = Duration::from_secs_f64(bytes as f64 / self.config.sync_rate as f64);
         let at = {
             let mut next = self.throttle.lock().await;
@@ -252,7 +264,6 @@ impl Runtime {
             start
         };
         tokio::time::sleep_until(at).await;
-        self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Charges `bytes` pulled from a peer to the same budget as [`Runtime::throttle`].

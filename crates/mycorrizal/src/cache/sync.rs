@@ -28,9 +28,10 @@
 //! Rounds run after membership has been still for `rebalance_delay` when this node has not
 //! synced for the placement, every `anti_entropy_interval`, and when a bucket is declared; a
 //! round that could not finish is retried every `hint_replay_interval`, for what it left undone.
-//! All sending goes through one throttle (`sync_rate`); every walk over a bucket, here and
-//! where a peer's request is answered, is paced ([`super::walk`]). A round that reached every
-//! peer for an unchanged placement marks the node ready.
+//! All sending goes through one throttle (`sync_rate`), hand-off offers included (a version
+//! offered is charged as a small record: its owner reads the key); every walk over a bucket,
+//! here and where a peer's request is answered, is paced ([`super::walk`]). A round that
+//! reached every peer for an unchanged placement marks the node ready.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -65,6 +66,13 @@ use super::{
 const VERSIONS_BATCH_BYTES: usize = 12 * 1024 * 1024;
 /// Hints replayed per message.
 const HINT_BATCH: usize = 256;
+/// The least a version offered in a hand-off costs of the rebalancing budget, in bytes: about
+/// a 100-byte record on the wire, because the owner reads each offered key much as it would to
+/// store the record. Charged by their own size (a key and 24 bytes), or not at all as before,
+/// offers let a node hand off over 100,000 keys a second at the default budget, and during a
+/// join the owners' reads of them cost the foreground a third of its throughput
+/// (docs/BENCHMARKS.md).
+const OFFERED_KEY_COST: usize = 128;
 /// Times a few differing ranges are compared again before they are walked for, and the wait
 /// before each: longer than a write takes to reach every replica on a loaded host, short next
 /// to a round. Under a saturating write load about one range in a hundred had a write in flight
@@ -379,7 +387,8 @@ async fn reconcile(
                 cutoff,
             });
             // The peer streams what it holds newer as sync writes before it answers.
-            let ex = match rt.call_streamed(peer, op, walk_timeout(rt, b)).await {
+            let idle = walk_timeout(rt, b) + budget_wait(rt);
+            let ex = match rt.call_streamed(peer, op, idle).await {
                 Ok(CacheReply::Exchange(ex)) => ex,
                 Ok(_) => return false,
                 Err(e) => {
@@ -548,6 +557,7 @@ async fn hand_off(
             let chunk = next_offer(rt, &pending, &slot_owners, &owner, after.take()).await;
             let Some(last) = chunk.last() else { break };
             after = Some(last.key.clone());
+            rt.throttle_offer(chunk.iter().map(|v| offer_cost(&v.key)).sum()).await;
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
                 ranges: Vec::new(),
@@ -603,8 +613,15 @@ async fn hand_off(
     complete
 }
 
-/// The next chunk of offers for `owner`, of at most `sync_batch_bytes` on the wire: the keys
-/// after `after` in `pending` (in key order) whose slot `owner` owns.
+/// What offering one key's version in a hand-off costs of the rebalancing budget, in bytes:
+/// its size on the wire (the key and about 24 bytes), but at least [`OFFERED_KEY_COST`].
+fn offer_cost(key: &[u8]) -> usize {
+    (key.len() + 24).max(OFFERED_KEY_COST)
+}
+
+/// The next chunk of offers for `owner`, costing at most `sync_batch_bytes` of the budget
+/// ([`offer_cost`]): the keys after `after` in `pending` (in key order) whose slot `owner`
+/// owns.
 async fn next_offer(
     rt: &Runtime,
     pending: &BTreeMap<Bytes, Pending>,
@@ -624,7 +641,7 @@ async fn next_offer(
         if !slot_owners.get(&p.slot).is_some_and(|o| o.contains(owner)) {
             continue;
         }
-        size += key.len() + 24;
+        size += offer_cost(key);
         chunk.push(version_of(key.clone(), p.version, p.tombstone));
         if size >= rt.config.sync_batch_bytes {
             break;
@@ -648,6 +665,15 @@ fn confirm(pending: &mut BTreeMap<Bytes, Pending>, chunk: &[KeyVersion], held_by
 /// as large as ours).
 fn walk_timeout(rt: &Runtime, b: &BucketState) -> Duration {
     walk::walk_timeout(rt.config.request_timeout * 4, b.local.stats().entries)
+}
+
+/// How long a peer's next batch may wait for its rebalancing budget: the budget is shared by
+/// everything the peer sends (the records it streams here, its own hand-off offers and pushes,
+/// its answers to other nodes), each a batch at a time, so allow a few batches' worth.
+fn budget_wait(rt: &Runtime) -> Duration {
+    const SHARERS: u32 = 4;
+    Duration::from_secs_f64(rt.config.sync_batch_bytes as f64 / rt.config.sync_rate as f64)
+        * SHARERS
 }
 
 /// Replays pending hints to every hinted node that is live again.
