@@ -247,9 +247,9 @@ impl Runtime {
         self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
-    /// Charges a hand-off offer costing `bytes` of the budget (see `sync::offer_cost`); an
-    /// offer is not a record, so the bytes are not counted as sent.
-    pub async fn throttle_offer(&self, bytes: usize) {
+    /// Charges work other than sending records (a hand-off's offers and drops, see
+    /// `sync::KEY_WORK_COST`) to the same budget; nothing is counted as sent.
+    pub async fn throttle_work(&self, bytes: usize) {
         self.spend(bytes).await;
     }
 

@@ -66,13 +66,16 @@ use super::{
 const VERSIONS_BATCH_BYTES: usize = 12 * 1024 * 1024;
 /// Hints replayed per message.
 const HINT_BATCH: usize = 256;
-/// The least a version offered in a hand-off costs of the rebalancing budget, in bytes: about
-/// a 100-byte record on the wire, because the owner reads each offered key much as it would to
-/// store the record. Charged by their own size (a key and 24 bytes), or not at all as before,
-/// offers let a node hand off over 100,000 keys a second at the default budget, and during a
-/// join the owners' reads of them cost the foreground a third of its throughput
-/// (docs/BENCHMARKS.md).
-const OFFERED_KEY_COST: usize = 128;
+/// What a hand-off's work on one key costs of the rebalancing budget, in bytes, beside what it
+/// sends: about a 100-byte record on the wire. An offered version costs at least this much
+/// (its owner reads the key much as it would to store the record), and so does a key dropped
+/// once its owners confirmed it (a lookup, a removal, the summaries, the memory freed).
+/// Charged nothing, a join's three hand-offs of 250,000 keys each offered at over 100,000
+/// keys a second per node, then dropped as fast as a walk is paced, and each phase took
+/// about half of the foreground's throughput (docs/BENCHMARKS.md).
+const KEY_WORK_COST: usize = 128;
+/// Keys dropped between two charges to the budget.
+const DROP_CHUNK: usize = 128;
 /// Times a few differing ranges are compared again before they are walked for, and the wait
 /// before each: longer than a write takes to reach every replica on a loaded host, short next
 /// to a round. Under a saturating write load about one range in a hundred had a write in flight
@@ -557,7 +560,7 @@ async fn hand_off(
             let chunk = next_offer(rt, &pending, &slot_owners, &owner, after.take()).await;
             let Some(last) = chunk.last() else { break };
             after = Some(last.key.clone());
-            rt.throttle_offer(chunk.iter().map(|v| offer_cost(&v.key)).sum()).await;
+            rt.throttle_work(chunk.iter().map(|v| offer_cost(&v.key)).sum()).await;
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
                 ranges: Vec::new(),
@@ -603,7 +606,10 @@ async fn hand_off(
     }
     let mut dropped = 0;
     let mut pace = Pace::new(&rt.walks);
-    for (key, p) in pending {
+    for (i, (key, p)) in pending.into_iter().enumerate() {
+        if i % DROP_CHUNK == 0 {
+            rt.throttle_work(DROP_CHUNK * KEY_WORK_COST).await;
+        }
         pace.step().await;
         if p.unconfirmed == 0 && b.local.drop_if_unchanged(&key, p.version) {
             dropped += 1;
@@ -614,9 +620,9 @@ async fn hand_off(
 }
 
 /// What offering one key's version in a hand-off costs of the rebalancing budget, in bytes:
-/// its size on the wire (the key and about 24 bytes), but at least [`OFFERED_KEY_COST`].
+/// its size on the wire (the key and about 24 bytes), but at least [`KEY_WORK_COST`].
 fn offer_cost(key: &[u8]) -> usize {
-    (key.len() + 24).max(OFFERED_KEY_COST)
+    (key.len() + 24).max(KEY_WORK_COST)
 }
 
 /// The next chunk of offers for `owner`, costing at most `sync_batch_bytes` of the budget
