@@ -17,11 +17,13 @@ pub struct CacheConfig {
     /// moves data once. LAN 500 ms, WAN 2 s.
     pub rebalance_delay: Duration,
     /// Upper bound on the bytes per second this node moves (sends and pulls) for rebalancing
-    /// and anti-entropy, so foreground requests keep their latency. Default 4 MiB/s: on a
-    /// 2-vCPU host running four nodes, a join into 200,000 entries at 4 MiB/s kept foreground
-    /// quorum-set p99 within 1.7x of steady state, at 8 MiB/s it reached 3x; into 1,000,000
-    /// entries the walks over every entry cost more than the bytes and p99 reached 5x
-    /// (docs/BENCHMARKS.md). Raise it on larger machines to rebalance faster.
+    /// and anti-entropy, so foreground requests keep their latency. A hand-off's offers and
+    /// drops, which move no record but cost a read or a removal per key, are charged 128
+    /// bytes a key. Default 4 MiB/s: on a 2-vCPU host running four nodes, a 4th node joining
+    /// three that hold 1,000,000 entries at RF=3 takes about 35 s to be ready and 50 s until
+    /// every hand-off is done, and the saturating foreground's quorum-set p99 during it is
+    /// 2.1-3.4x its value before (docs/BENCHMARKS.md). Raise it on larger machines to
+    /// rebalance faster.
     pub sync_rate: u64,
     /// Largest batch of records, or of versions offered in a hand-off, in one rebalancing
     /// message. Default 256 KiB: a message is decoded, and a hand-off offer's confirmations
