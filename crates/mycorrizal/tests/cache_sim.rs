@@ -462,14 +462,14 @@ async fn a_joining_node_moves_the_ideal_share_and_a_leaving_node_loses_nothing()
     }
 }
 
-/// A hand-off's offers and drops are charged to the rebalancing budget although no record
-/// moves: each offered version, and each key dropped, costs as much as a small record (128
-/// bytes). Here a node leaves three that all hold every key, so its hand-off is offers and
-/// drops alone (2,000 keys offered to each of two owners, then dropped: 750 KiB of budget),
-/// and at 64 KiB/s the leave takes about 12 seconds; charged nothing, it took a fraction of a
-/// second.
+/// A hand-off to owners that hold every key it hands off moves nothing and offers nothing key
+/// by key: one comparison of slot summaries per owner confirms them all. What it does cost is
+/// the drops, charged to the rebalancing budget like small records (128 bytes a key). Here a
+/// node leaves three that all hold every key: 2,000 drops, 250 KiB of budget, about 4 s at
+/// 64 KiB/s. Offered key by key to both owners it took about 12 s (offers are charged the
+/// same); with neither charged, no time at all.
 #[tokio::test(start_paused = true)]
-async fn a_hand_off_of_keys_the_owners_hold_is_paced_by_the_budget() {
+async fn a_hand_off_to_owners_holding_every_key_offers_nothing_and_paces_its_drops() {
     const KEYS: u32 = 2_000;
     let mut sim = Sim::new(21);
     sim.cache.sync_rate = 64 * 1024;
@@ -489,11 +489,11 @@ async fn a_hand_off_of_keys_the_owners_hold_is_paced_by_the_budget() {
     let started = tokio::time::Instant::now();
     leaver.shutdown(Duration::from_secs(120)).await;
     let took = started.elapsed();
-    let budget = Duration::from_secs_f64(f64::from(KEYS) * 3.0 * 128.0 / (64.0 * 1024.0));
+    let budget = Duration::from_secs_f64(f64::from(KEYS) * 128.0 / (64.0 * 1024.0));
     // The budget is paid ahead: the last batch of work starts when its share begins.
     let last_batch = Duration::from_millis(250);
     assert!(took >= budget - last_batch, "the hand-off took only {took:?}, budget {budget:?}");
-    assert!(took < budget * 3, "the hand-off took {took:?}, budget {budget:?}");
+    assert!(took < budget * 2, "the hand-off took {took:?}, budget {budget:?}");
     assert_eq!(received(&nodes), received_before, "the owners held every key: nothing moved");
     let buckets: Vec<CacheBucket> =
         nodes.iter().map(|n| n.cache().bucket("offers").unwrap()).collect();

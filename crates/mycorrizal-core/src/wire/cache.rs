@@ -272,6 +272,11 @@ pub struct Digests {
     /// `ranges` holds the non-empty ones among them.
     #[prost(uint32, repeated, tag = "3")]
     pub only: Vec<u32>,
+    /// A hand-off: the sender no longer owns the ranges in `only` and the receiver should.
+    /// The receiver answers as mismatched the ranges whose summaries differ from its own, or
+    /// declines while it is still filling; the sender offers key by key only in those.
+    #[prost(bool, tag = "4")]
+    pub handoff: bool,
 }
 
 /// Versions the sender holds in some ranges.
@@ -378,6 +383,10 @@ pub struct Mismatched {
     /// The ranges.
     #[prost(uint32, repeated, tag = "1")]
     pub ranges: Vec<u32>,
+    /// Answering a hand-off's comparison: the receiver is still filling and declines the
+    /// whole hand-off (it pulls what it owns from the other owners); `ranges` is empty.
+    #[prost(bool, tag = "2")]
+    pub declined: bool,
 }
 
 /// Answer to [`Versions`].

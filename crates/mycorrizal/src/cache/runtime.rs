@@ -449,19 +449,48 @@ impl Runtime {
     /// anti-entropy round compares again.
     fn compare_digests(&self, from: &NodeId, d: Digests) -> Result<CacheReply, Refusal> {
         let b = self.bucket(&d.bucket)?;
-        if !self.filled.load(Relaxed) {
-            return Ok(CacheReply::Mismatched(Mismatched { ranges: Vec::new() }));
-        }
         let theirs =
             RangeDigests::from_parts(d.ranges.iter().map(|r| (r.range, r.digest, r.count)))
                 .ok_or_else(|| (ErrorCode::BadRequest, "malformed digests".to_owned()))?;
+        if d.handoff {
+            return Ok(CacheReply::Mismatched(self.compare_handoff(&b, &theirs, d.only)));
+        }
+        if !self.filled.load(Relaxed) {
+            return Ok(CacheReply::Mismatched(Mismatched::default()));
+        }
         let (ours, _) = self.digests_for(&b, &self.ring(), from);
         let mut ranges = ours.mismatched(&theirs);
         if !d.only.is_empty() {
             let only: std::collections::HashSet<u32> = d.only.into_iter().collect();
             ranges.retain(|r| only.contains(r));
         }
-        Ok(CacheReply::Mismatched(Mismatched { ranges }))
+        Ok(CacheReply::Mismatched(Mismatched { ranges, declined: false }))
+    }
+
+    /// The ranges among `offered` (slots a peer is handing off to this node, `theirs` its
+    /// summaries of them) where this node does not hold exactly what the peer holds: those
+    /// whose summaries differ. While this node is still filling it declines the hand-off
+    /// instead (it pulls what it owns in its own rounds). Equal summaries mean this node holds
+    /// every record the peer holds there, at the same version: what a key-by-key offer would
+    /// have confirmed. Like those confirmations this does not depend on this node's placement:
+    /// if it does not own the slot, its own hand-off passes the records on before it drops
+    /// them.
+    fn compare_handoff(
+        &self,
+        b: &BucketState,
+        theirs: &RangeDigests,
+        offered: Vec<u32>,
+    ) -> Mismatched {
+        if !self.filled.load(Relaxed) {
+            return Mismatched { ranges: Vec::new(), declined: true };
+        }
+        let wanted: std::collections::HashSet<u32> = offered.iter().copied().collect();
+        let ours = b.local.digests().snapshot(|slot| wanted.contains(&slot));
+        let differ: std::collections::HashSet<u32> = ours.mismatched(theirs).into_iter().collect();
+        Mismatched {
+            ranges: offered.into_iter().filter(|s| differ.contains(s)).collect(),
+            declined: false,
+        }
     }
 
     /// Handles the operation that walks a whole bucket (`Versions`); the walk is paced

@@ -18,9 +18,11 @@
 //!    (`Runtime::call_streamed`). A node that just joined holds nothing, so every shared range
 //!    differs and it pulls what it owns from each peer; while it fills, it asks its peers for
 //!    nothing in their own rounds (it pulls the same records in its own).
-//! 3. Keys this node holds but no longer owns are offered to their owners (versions first),
-//!    the records they lack are sent, and the key is dropped only once every owner confirmed
-//!    it holds that version or newer. An owner that has not finished a round with a peer
+//! 3. Keys this node holds but no longer owns are handed off. Each owner first compares its
+//!    summaries of those slots with this node's: a slot whose summaries are equal is confirmed
+//!    whole. In the others keys are offered (versions first), the records the owner lacks are
+//!    sent, and a key is dropped only once every owner confirmed it holds that version or
+//!    newer. An owner that has not finished a round with a peer
 //!    since it started (it just joined, or restarted empty) declines: it pulls what it owns
 //!    from the other owners, so it is sent only the keys none of them confirmed, and counts as
 //!    confirmed for the rest.
@@ -302,6 +304,7 @@ async fn compare(
             .map(|(range, digest, count)| RangeSummary { range, digest, count })
             .collect(),
         only: only.to_vec(),
+        handoff: false,
     });
     match rt.call(peer, op, rt.config.request_timeout).await {
         Ok(CacheReply::Mismatched(m)) => Some((m.ranges, shared)),
@@ -546,18 +549,71 @@ async fn hand_off(
         return true;
     }
     let everyone: BTreeSet<NodeId> = slot_owners.values().flatten().cloned().collect();
+    // An owner whose summary of a slot equals this node's holds every key of it at the same
+    // version: the whole slot is confirmed for it by one comparison, and its keys are offered
+    // one by one only where the summaries differ (a write in flight, a replica behind, an
+    // owner still filling). In a join, the old owners of a slot confirm it this way.
+    let mut same: BTreeMap<NodeId, BTreeSet<u32>> = BTreeMap::new();
+    // Owners still filling from nothing decline: they pull what they own from the other
+    // owners, so they are sent only the keys none of those confirmed (below), and count as
+    // confirmed for the rest.
+    let mut declining: BTreeSet<NodeId> = BTreeSet::new();
+    for owner in &everyone {
+        let slots: Vec<u32> = slot_owners
+            .iter()
+            .filter(|(_, owners)| owners.contains(owner))
+            .map(|(slot, _)| *slot)
+            .collect();
+        match compare_slots(rt, b, owner, slots).await {
+            Compared::Same(slots) => same.insert(owner.clone(), slots),
+            Compared::Declined => {
+                declining.insert(owner.clone());
+                same.insert(owner.clone(), BTreeSet::new())
+            }
+        };
+    }
+    if same.values().any(|s| !s.is_empty()) {
+        let mut pace = Pace::new(&rt.walks);
+        for p in pending.values_mut() {
+            pace.step().await;
+            for owner in &slot_owners[&p.slot] {
+                if same[owner].contains(&p.slot) {
+                    p.unconfirmed -= 1;
+                    p.held = true;
+                }
+            }
+        }
+    }
     let mut complete = true;
     // Offers declined by an owner still filling from nothing: it pulls what it owns from the
     // other owners, so it is sent only the keys none of them confirmed.
     let mut declined: Vec<(NodeId, Vec<KeyVersion>)> = Vec::new();
-    for owner in everyone {
+    for owner in &declining {
+        let mut pace = Pace::new(&rt.walks);
+        let mut keys = Vec::new();
+        for (key, p) in &pending {
+            pace.step().await;
+            if slot_owners[&p.slot].contains(owner) {
+                keys.push(version_of(key.clone(), p.version, p.tombstone));
+            }
+            // In chunks: each is looked up and confirmed in one go below.
+            if keys.len() == walk::CHUNK {
+                declined.push((owner.clone(), std::mem::take(&mut keys)));
+            }
+        }
+        if !keys.is_empty() {
+            declined.push((owner.clone(), keys));
+        }
+    }
+    for owner in everyone.into_iter().filter(|o| !declining.contains(o)) {
         let mut after: Option<Bytes> = None;
         loop {
             // Small chunks: answering a hand-off offer reads each offered key (no walk), and
             // the owner's answer (what it lacks) is only as fresh as its chunk: the smaller the
             // chunk, the fewer of the records pushed have reached the owner some other way
             // meanwhile.
-            let chunk = next_offer(rt, &pending, &slot_owners, &owner, after.take()).await;
+            let skip = &same[&owner];
+            let chunk = next_offer(rt, &pending, &slot_owners, &owner, skip, after.take()).await;
             let Some(last) = chunk.last() else { break };
             after = Some(last.key.clone());
             rt.throttle_work(chunk.iter().map(|v| offer_cost(&v.key)).sum()).await;
@@ -593,6 +649,7 @@ async fn hand_off(
         }
     }
     for (owner, chunk) in declined {
+        tokio::task::yield_now().await;
         let alone: Vec<Bytes> = chunk
             .iter()
             .filter(|v| pending.get(&v.key).is_some_and(|p| !p.held))
@@ -619,6 +676,43 @@ async fn hand_off(
     complete
 }
 
+/// What an owner's comparison of slot summaries said about a hand-off to it.
+enum Compared {
+    /// The slots it holds exactly as this node does (equal summaries, compared within a round
+    /// trip); empty when it could not say.
+    Same(BTreeSet<u32>),
+    /// It is still filling, and declines the whole hand-off.
+    Declined,
+}
+
+/// Compares this node's summaries of `slots` (of keys it hands off to `owner`) with `owner`'s.
+async fn compare_slots(
+    rt: &Arc<Runtime>,
+    b: &BucketState,
+    owner: &NodeId,
+    slots: Vec<u32>,
+) -> Compared {
+    let wanted: std::collections::HashSet<u32> = slots.iter().copied().collect();
+    let ours = b.local.digests().snapshot(|slot| wanted.contains(&slot));
+    let op = CacheOp::Digests(Digests {
+        bucket: b.name.to_string(),
+        ranges: ours
+            .nonempty()
+            .map(|(range, digest, count)| RangeSummary { range, digest, count })
+            .collect(),
+        only: slots.clone(),
+        handoff: true,
+    });
+    match rt.call(owner, op, rt.config.request_timeout).await {
+        Ok(CacheReply::Mismatched(m)) if m.declined => Compared::Declined,
+        Ok(CacheReply::Mismatched(m)) => {
+            let differ: std::collections::HashSet<u32> = m.ranges.into_iter().collect();
+            Compared::Same(slots.into_iter().filter(|s| !differ.contains(s)).collect())
+        }
+        _ => Compared::Same(BTreeSet::new()),
+    }
+}
+
 /// What offering one key's version in a hand-off costs of the rebalancing budget, in bytes:
 /// its size on the wire (the key and about 24 bytes), but at least [`KEY_WORK_COST`].
 fn offer_cost(key: &[u8]) -> usize {
@@ -633,6 +727,7 @@ async fn next_offer(
     pending: &BTreeMap<Bytes, Pending>,
     slot_owners: &BTreeMap<u32, Vec<NodeId>>,
     owner: &NodeId,
+    skip: &BTreeSet<u32>,
     after: Option<Bytes>,
 ) -> Vec<KeyVersion> {
     let from = match after {
@@ -644,7 +739,7 @@ async fn next_offer(
     let mut pace = Pace::new(&rt.walks);
     for (key, p) in pending.range((from, std::ops::Bound::Unbounded)) {
         pace.step().await;
-        if !slot_owners.get(&p.slot).is_some_and(|o| o.contains(owner)) {
+        if skip.contains(&p.slot) || !slot_owners.get(&p.slot).is_some_and(|o| o.contains(owner)) {
             continue;
         }
         size += offer_cost(key);
