@@ -22,16 +22,15 @@
 //!    summaries of those slots with this node's: a slot whose summaries are equal is confirmed
 //!    whole. In the others keys are offered (versions first), the records the owner lacks are
 //!    sent, and a key is dropped only once every owner confirmed it holds that version or
-//!    newer. An owner that has not finished a round with a peer
-//!    since it started (it just joined, or restarted empty) declines: it pulls what it owns
-//!    from the other owners, so it is sent only the keys none of them confirmed, and counts as
-//!    confirmed for the rest.
+//!    newer. An owner that has not finished a round with a peer since it started (it just
+//!    joined, or restarted empty) declines: it pulls what it owns from the other owners, so
+//!    it is sent only the keys none of them confirmed, and counts as confirmed for the rest.
 //!
 //! Rounds run after membership has been still for `rebalance_delay` when this node has not
 //! synced for the placement, every `anti_entropy_interval`, and when a bucket is declared; a
 //! round that could not finish is retried every `hint_replay_interval`, for what it left undone.
-//! All sending goes through one throttle (`sync_rate`), hand-off offers included (a version
-//! offered is charged as a small record: its owner reads the key); every walk over a bucket,
+//! All sending goes through one throttle (`sync_rate`), a hand-off's offers and drops
+//! included (each key charged as a small record, `KEY_WORK_COST`); every walk over a bucket,
 //! here and where a peer's request is answered, is paced ([`super::walk`]). A round that
 //! reached every peer for an unchanged placement marks the node ready.
 
