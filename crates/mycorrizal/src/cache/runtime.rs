@@ -243,19 +243,20 @@ impl Runtime {
 
     /// Waits until the rebalancing budget allows sending `bytes` more.
     pub async fn throttle(&self, bytes: usize) {
-        self.spend(bytes).await;
+        self.throttle_work(bytes).await;
         self.counters.sync_bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
-    /// Charges work other than sending records (a hand-off's offers and drops, see
-    /// `sync::KEY_WORK_COST`) to the same budget; nothing is counted as sent.
-    pub async fn throttle_work(&self, bytes: usize) {
-        self.spend(bytes).await;
+    /// How long `bytes` of the rebalancing budget (`sync_rate`) last.
+    pub fn budget_time(&self, bytes: usize) -> Duration {
+        Duration::from_secs_f64(bytes as f64 / self.config.sync_rate as f64)
     }
 
-    /// Waits for `bytes` of the rebalancing budget (`sync_rate`).
-    async fn spend(&self, bytes: usize) {
-        let cost = Duration::from_secs_f64(bytes as f64 / self.config.sync_rate as f64);
+    /// Waits for `bytes` of the rebalancing budget without counting anything as sent: the
+    /// one place the budget is spent. Work other than sending records (a hand-off's offers
+    /// and drops, see `sync::KEY_WORK_COST`) is charged here directly.
+    pub async fn throttle_work(&self, bytes: usize) {
+        let cost = self.budget_time(bytes);
         let at = {
             let mut next = self.throttle.lock().await;
             let now = tokio::time::Instant::now();
@@ -268,8 +269,7 @@ impl Runtime {
 
     /// Charges `bytes` pulled from a peer to the same budget as [`Runtime::throttle`].
     pub async fn throttle_pull(&self, bytes: usize) {
-        self.throttle(bytes).await;
-        self.counters.sync_bytes_sent.fetch_sub(bytes as u64, Relaxed);
+        self.throttle_work(bytes).await;
         self.counters.sync_bytes_received.fetch_add(bytes as u64, Relaxed);
     }
 

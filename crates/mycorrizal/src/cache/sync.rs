@@ -43,7 +43,7 @@ use std::{
 use bytes::Bytes;
 use mycorrizal_core::{
     NodeId, Timestamp,
-    digest::range_of,
+    digest::{RangeDigests, range_of},
     placement::slot_of,
     wire::cache::{
         CacheOp, CacheReply, Catalog as WireCatalog, Digests, Entry, KeyVersion, RangeSummary,
@@ -297,11 +297,7 @@ async fn compare(
     let wanted = |r: u32| only.is_empty() || only.binary_search(&r).is_ok();
     let op = CacheOp::Digests(Digests {
         bucket: b.name.to_string(),
-        ranges: digests
-            .nonempty()
-            .filter(|(range, _, _)| wanted(*range))
-            .map(|(range, digest, count)| RangeSummary { range, digest, count })
-            .collect(),
+        ranges: summaries(&digests, wanted),
         only: only.to_vec(),
         handoff: false,
     });
@@ -313,6 +309,15 @@ async fn compare(
             None
         }
     }
+}
+
+/// The non-empty ranges of `digests` that `keep` accepts, as sent in a [`Digests`].
+fn summaries(digests: &RangeDigests, keep: impl Fn(u32) -> bool) -> Vec<RangeSummary> {
+    digests
+        .nonempty()
+        .filter(|(range, _, _)| keep(*range))
+        .map(|(range, digest, count)| RangeSummary { range, digest, count })
+        .collect()
 }
 
 /// This node's versions of keys shared with `peer` in `ranges`, grouped by range.
@@ -695,10 +700,7 @@ async fn compare_slots(
     let ours = b.local.digests().snapshot(|slot| wanted.contains(&slot));
     let op = CacheOp::Digests(Digests {
         bucket: b.name.to_string(),
-        ranges: ours
-            .nonempty()
-            .map(|(range, digest, count)| RangeSummary { range, digest, count })
-            .collect(),
+        ranges: summaries(&ours, |_| true),
         only: slots.clone(),
         handoff: true,
     });
@@ -772,8 +774,7 @@ fn walk_timeout(rt: &Runtime, b: &BucketState) -> Duration {
 /// its answers to other nodes), each a batch at a time, so allow a few batches' worth.
 fn budget_wait(rt: &Runtime) -> Duration {
     const SHARERS: u32 = 4;
-    Duration::from_secs_f64(rt.config.sync_batch_bytes as f64 / rt.config.sync_rate as f64)
-        * SHARERS
+    rt.budget_time(rt.config.sync_batch_bytes) * SHARERS
 }
 
 /// Replays pending hints to every hinted node that is live again.
