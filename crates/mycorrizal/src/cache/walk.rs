@@ -5,9 +5,9 @@
 //! it holds a worker thread for all of that, and on a small host the foreground's tail latency
 //! pays: a 4th node joining three that held a million entries took the foreground's quorum-set
 //! p99 from 0.35 ms to 3.9 ms (11x) before walks were paced (docs/BENCHMARKS.md). A [`Pace`]
-//! cuts a walk into chunks of [`CHUNK`] entries and after each one hands the worker back: it
-//! rests [`REST_PER_BUSY`] times as long as the chunk took, and a chunk is short enough (about
-//! a quarter of a millisecond) that a request queued behind it barely waits. The rests are
+//! cuts a walk into chunks of at most [`CHUNK`] entries and [`SLICE`] of work, and after each
+//! one hands the worker back: it rests [`REST_PER_BUSY`] times as long as the chunk took, and
+//! a chunk is short enough that a request queued behind it barely waits. The rests are
 //! taken on one timeline per node ([`Walks`]), so all of a node's walks together, not each of
 //! them, use at most a third of a core. Walks take longer; the byte throttle (`sync_rate`)
 //! already made rebalancing a background activity measured in seconds.
@@ -26,6 +26,12 @@ pub(crate) const CHUNK: usize = 1024;
 /// batch of a megabyte (7,000 records of 100 bytes) applied in one go held a worker thread
 /// for about 10 ms.
 pub(crate) const APPLY_CHUNK: usize = 128;
+/// Longest a chunk works before it rests, whatever its count. On a busy host 1,024 entries of
+/// a walk that sends what it finds took 2-6 ms, and a join's walks held one of two worker
+/// threads that long, hundreds of times a second (docs/BENCHMARKS.md).
+pub(crate) const SLICE: Duration = Duration::from_micros(250);
+/// Steps between two looks at the clock.
+const CLOCK_EVERY: usize = 32;
 /// Rest after each chunk, as a multiple of the time the chunk took.
 const REST_PER_BUSY: u32 = 2;
 /// Longest rest owed for one chunk.
@@ -75,8 +81,9 @@ impl Walks {
 /// Paces one walk; see the module documentation.
 pub(crate) struct Pace<'a> {
     walks: &'a Walks,
+    /// Steps since the last rest.
     seen: usize,
-    /// Steps between two rests.
+    /// Most steps between two rests.
     chunk: usize,
     since: Instant,
 }
@@ -92,16 +99,20 @@ impl<'a> Pace<'a> {
         Pace { walks, seen: 0, chunk: chunk.max(1), since: Instant::now() }
     }
 
-    /// Counts one entry; after every chunk of entries ([`CHUNK`] unless set), rests or yields.
+    /// Counts one entry; after a chunk of entries ([`CHUNK`] unless set) or [`SLICE`] of
+    /// work, whichever comes first, rests or yields.
     #[inline]
     pub async fn step(&mut self) {
         self.seen += 1;
-        if self.seen.is_multiple_of(self.chunk) {
+        if self.seen >= self.chunk
+            || (self.seen.is_multiple_of(CLOCK_EVERY) && self.since.elapsed() >= SLICE)
+        {
             self.rest().await;
         }
     }
 
     async fn rest(&mut self) {
+        self.seen = 0;
         let until = self.walks.charge(self.since);
         // Short rests are saved up: the budget remembers them, and the next chunk's charge
         // starts from where they end.
@@ -134,6 +145,28 @@ mod tests {
         let start = Instant::now();
         chunk(&mut pace, Duration::from_millis(1)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(1 + 2));
+    }
+
+    /// A walk whose entries are slow rests after a slice of work, long before its chunk of
+    /// entries is done.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_walk_rests_after_a_slice_of_work() {
+        let walks = Walks::new();
+        let mut pace = Pace::new(&walks);
+        let start = Instant::now();
+        // Each entry takes 10 µs. The clock is read every 32 entries: the 31 before are a
+        // slice's worth of work, but not yet seen.
+        for _ in 0..CLOCK_EVERY - 1 {
+            tokio::time::advance(Duration::from_micros(10)).await;
+            pace.step().await;
+        }
+        assert_eq!(pace.seen, CLOCK_EVERY - 1);
+        tokio::time::advance(Duration::from_micros(10)).await;
+        pace.step().await;
+        assert_eq!(pace.seen, 0, "it rested");
+        // 320 µs of work owes twice that in rest, on the node's budget.
+        let worked = Duration::from_micros(10) * CLOCK_EVERY as u32;
+        assert_eq!(*walks.rested_until.lock().unwrap(), start + worked * (1 + REST_PER_BUSY));
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,15 @@ const WRITE_LOCKS: usize = 256;
 /// Fewest entries we want per shard before adding shards; fewer shards means a more exact
 /// eviction order in small buckets.
 const MIN_ENTRIES_PER_SHARD: u64 = 256;
+/// Most entries we want per shard. A shard's table grows by doubling, and the doubling holds
+/// the shard's write lock while it hashes every key again, each a cache miss: a node filling a
+/// million-entry bucket in 8 shards (4 per core on two cores) held a shard for 12-50 ms at its
+/// last doublings, and every read and write of that shard's keys waited, foreground ones too
+/// (docs/BENCHMARKS.md). At 16,384 entries a shard, the longest doubling is about a
+/// millisecond.
+const MAX_ENTRIES_PER_SHARD: u64 = 16_384;
+/// Most shards a bucket has.
+const MAX_SHARDS: u64 = 256;
 /// Rough entry weight assumed to plan the shards of a byte-bounded bucket.
 const ASSUMED_ENTRY_WEIGHT: u64 = 512;
 
@@ -576,12 +585,14 @@ impl Bucket {
     }
 }
 
-/// Chooses the shard count: as many as useful for concurrency (4 per core, at most 64), but
-/// few enough that every shard can still hold the heaviest allowed entry and holds a few
-/// hundred entries.
+/// Chooses the shard count: as many as useful for concurrency (4 per core), and more for a
+/// large bucket so no shard holds more than [`MAX_ENTRIES_PER_SHARD`] (at most
+/// [`MAX_SHARDS`]); but few enough that every shard can still hold the heaviest allowed entry
+/// and holds a few hundred entries.
 fn plan_shards(weight_capacity: u64, heaviest: u64, estimated_items: u64) -> u64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let mut shards = (cores * 4).next_power_of_two().clamp(1, 64);
+    let for_size = estimated_items.div_ceil(MAX_ENTRIES_PER_SHARD);
+    let mut shards = (cores * 4).max(for_size).next_power_of_two().clamp(1, MAX_SHARDS);
     while shards > 1
         && (weight_capacity.div_ceil(shards) < heaviest
             || estimated_items / shards < MIN_ENTRIES_PER_SHARD)
@@ -761,6 +772,18 @@ mod tests {
             assert_eq!(b.get("k").map(|v| v.len()), Some(largest as usize - 1), "{max_bytes}");
             assert_eq!(b.stats().evictions, 0);
         }
+    }
+
+    #[test]
+    fn a_large_bucket_gets_shards_small_enough_to_grow_quickly() {
+        // A million entries: 64 shards of ~15,600, whatever the core count (at most 16 cores
+        // ask for 64 on their own).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let shards = plan_shards(1_000_000, 1, 1_000_000);
+        assert_eq!(shards, 64.max((cores * 4).next_power_of_two()).min(MAX_SHARDS));
+        assert!(1_000_000 / shards <= MAX_ENTRIES_PER_SHARD);
+        // However large, at most MAX_SHARDS.
+        assert_eq!(plan_shards(1 << 40, 1, 1 << 40), MAX_SHARDS);
     }
 
     #[test]
