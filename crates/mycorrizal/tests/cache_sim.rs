@@ -502,6 +502,49 @@ async fn a_hand_off_to_owners_holding_every_key_offers_nothing_and_paces_its_dro
     }
 }
 
+/// With one replica, a key whose slot moves to a joining node has no other owner to confirm
+/// it: the old holder hands it to the new node (pushed, while the new node is still filling
+/// and declines the hand-off; confirmed by summary, once it has filled) and drops it. After
+/// the join every key is held exactly once, by its owner.
+#[tokio::test(start_paused = true)]
+async fn a_single_replica_join_hands_each_moved_key_to_its_new_owner_and_drops_it() {
+    const KEYS: u32 = 3_000;
+    let sim = Sim::new(23);
+    let mut nodes = sim.cluster(2).await;
+    let config = BucketConfig::builder("single").max_entries(100_000).replicas(1).build().unwrap();
+    let b = nodes[0].cache().create_bucket(config).await.unwrap();
+    for k in 0..KEYS {
+        b.set(format!("key-{k}"), format!("value-{k}")).await.unwrap();
+    }
+    drop(b);
+    all_ready(&nodes).await;
+    nodes.push(sim.start(3).await);
+    within(Duration::from_secs(30), "n3 joins", || all_alive(&nodes, 3)).await;
+    within(Duration::from_secs(120), "rebalanced", || synced_for_placement(&nodes)).await;
+    within(Duration::from_secs(120), "handed off", || {
+        let buckets: Vec<CacheBucket> =
+            nodes.iter().filter_map(|n| n.cache().bucket("single").ok()).collect();
+        buckets.len() == 3
+            && buckets.iter().map(|b| b.local_entries().len()).sum::<usize>() == KEYS as usize
+    })
+    .await;
+    let buckets: Vec<CacheBucket> =
+        nodes.iter().map(|n| n.cache().bucket("single").unwrap()).collect();
+    let moved = buckets[2].local_entries().len();
+    assert!(moved > KEYS as usize / 5, "n3 holds {moved} of {KEYS}");
+    let handed_off: u64 = nodes.iter().map(|n| n.cache().stats().handed_off).sum();
+    assert_eq!(handed_off, moved as u64, "every key n3 holds was dropped by its old holder");
+    for k in 0..KEYS {
+        let key = format!("key-{k}");
+        let holder = buckets.iter().position(|b| b.local_record(&key).is_some());
+        let owner = buckets[0].owners(&key)[0].clone();
+        assert_eq!(holder.map(|i| nodes[i].id().clone()), Some(owner), "{key}");
+        assert_eq!(holders(&buckets, key.as_bytes()), 1, "{key}");
+        let got = buckets[0].get_with(&key, Consistency::One).await.unwrap();
+        assert_eq!(got.map(Bytes::from), Some(Bytes::from(format!("value-{k}"))), "{key}");
+    }
+}
+
 /// A joining node's pull is streamed: the peer pushes what the new node lacks as sync writes
 /// during one version exchange, and the new node waits as long as they keep arriving. Here
 /// the throttle is so slow that each pull lasts about a hundred of the new node's exchange

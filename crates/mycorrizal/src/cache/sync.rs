@@ -497,24 +497,42 @@ pub(crate) async fn send(
 
 /// A key this node holds but does not own, waiting for its owners to confirm it.
 struct Pending {
+    key: Bytes,
     version: Timestamp,
     tombstone: bool,
-    /// The key's placement slot: its owners are the slot's.
-    slot: u32,
     /// Owners that have not confirmed it yet.
     unconfirmed: usize,
     /// Whether an owner confirmed it itself (rather than being pushed it after declining).
     held: bool,
 }
 
+/// The keys of one placement slot that a hand-off would drop; every key of a slot has the
+/// slot's owners.
+struct SlotKeys {
+    /// The slot's owners, this node excluded.
+    owners: Vec<NodeId>,
+    /// In the order the walk met them.
+    keys: Vec<Pending>,
+}
+
+/// Where a key waits in a hand-off: its slot, and its index among the slot's keys.
+type Place = (u32, u32);
+
+fn pending_at(slots: &BTreeMap<u32, SlotKeys>, (slot, i): Place) -> Option<&Pending> {
+    slots.get(&slot)?.keys.get(i as usize)
+}
+
 /// Offers every key this node holds but does not own (in `ring`, or in `ring` without this
 /// node when `leaving`) to its owners, and drops each once all its owners confirmed it.
 ///
 /// A join hands off a quarter of each old node's keys, so everything here is paced like a walk
-/// and nothing large is built, sorted or freed in one go: the keys wait in one map, in key
-/// order, and each owner's offers are read off it a chunk at a time. (Sorting each owner's
-/// offers, and dropping the handed-off keys in one loop, held a worker thread for up to most
-/// of a second.)
+/// and nothing large is built, sorted or freed in one go. The keys wait grouped by slot, in
+/// the order the walk met them: a slot its owners confirm whole (equal summaries) is settled
+/// for all its keys at once, and each owner's offers are read off the other slots a chunk at
+/// a time. (Sorting each owner's offers, and dropping the handed-off keys in one loop, held a
+/// worker thread for up to most of a second; keeping the keys in one map in key order made
+/// every key a dozen key comparisons to file and two more lookups to confirm, a tenth of a
+/// join's CPU.)
 async fn hand_off(
     rt: &Arc<Runtime>,
     ring: &Ring,
@@ -524,51 +542,47 @@ async fn hand_off(
     let rf = b.config.replicas() as usize;
     let now = rt.store.clock().now_ms();
     let placement = leaving.unwrap_or(ring);
-    let mut pending: BTreeMap<Bytes, Pending> = BTreeMap::new();
-    // The owners of each slot with keys to hand off (this node excluded).
-    let mut slot_owners: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
+    let mut slots: BTreeMap<u32, SlotKeys> = BTreeMap::new();
     let mut pace = Pace::new(&rt.walks);
     for (kh, e) in b.hashed(now) {
         pace.step().await;
         if leaving.is_none() && placement.is_mine(kh, rf) {
             continue;
         }
-        let slot = slot_of(kh);
-        let owners = slot_owners.entry(slot).or_insert_with(|| {
-            placement.owners(kh, rf).into_iter().filter(|o| *o != rt.me).collect()
+        let s = slots.entry(slot_of(kh)).or_insert_with(|| SlotKeys {
+            owners: placement.owners(kh, rf).into_iter().filter(|o| *o != rt.me).collect(),
+            keys: Vec::new(),
         });
-        if owners.is_empty() {
+        if s.owners.is_empty() {
             continue;
         }
-        let p = Pending {
+        s.keys.push(Pending {
+            key: e.key_bytes(),
             version: e.version(),
             tombstone: e.is_tombstone(),
-            slot,
-            unconfirmed: owners.len(),
+            unconfirmed: s.owners.len(),
             held: false,
-        };
-        pending.insert(e.key_bytes(), p);
+        });
     }
-    if pending.is_empty() {
+    slots.retain(|_, s| !s.keys.is_empty());
+    if slots.is_empty() {
         return true;
     }
-    let everyone: BTreeSet<NodeId> = slot_owners.values().flatten().cloned().collect();
+    let everyone: BTreeSet<NodeId> =
+        slots.values().flat_map(|s| s.owners.iter().cloned()).collect();
     // An owner whose summary of a slot equals this node's holds every key of it at the same
     // version: the whole slot is confirmed for it by one comparison, and its keys are offered
     // one by one only where the summaries differ (a write in flight, a replica behind, an
     // owner still filling). In a join, the old owners of a slot confirm it this way.
     let mut same: BTreeMap<NodeId, BTreeSet<u32>> = BTreeMap::new();
     // Owners still filling from nothing decline: they pull what they own from the other
-    // owners, so they are sent only the keys none of those confirmed (below), and count as
-    // confirmed for the rest.
+    // owners, so they count as confirmed for the keys one of those holds, and are sent only
+    // the keys none of them confirmed.
     let mut declining: BTreeSet<NodeId> = BTreeSet::new();
     for owner in &everyone {
-        let slots: Vec<u32> = slot_owners
-            .iter()
-            .filter(|(_, owners)| owners.contains(owner))
-            .map(|(slot, _)| *slot)
-            .collect();
-        match compare_slots(rt, b, owner, slots).await {
+        let of_owner: Vec<u32> =
+            slots.iter().filter(|(_, s)| s.owners.contains(owner)).map(|(slot, _)| *slot).collect();
+        match compare_slots(rt, b, owner, of_owner).await {
             Compared::Same(slots) => same.insert(owner.clone(), slots),
             Compared::Declined => {
                 declining.insert(owner.clone());
@@ -576,60 +590,56 @@ async fn hand_off(
             }
         };
     }
-    if same.values().any(|s| !s.is_empty()) {
-        let mut pace = Pace::new(&rt.walks);
-        for p in pending.values_mut() {
+    // What declining owners are sent: keys no other owner confirmed, in chunks of
+    // `walk::CHUNK` (each is looked up and confirmed in one go below).
+    let mut declined: Vec<(NodeId, Vec<Place>)> = Vec::new();
+    let mut unheld: BTreeMap<&NodeId, Vec<Place>> = BTreeMap::new();
+    let mut pace = Pace::new(&rt.walks);
+    for (&slot, s) in slots.iter_mut() {
+        let confirmed = s.owners.iter().filter(|o| same[*o].contains(&slot)).count();
+        let filling: Vec<&NodeId> = s.owners.iter().filter(|o| declining.contains(*o)).collect();
+        if confirmed == 0 && filling.is_empty() {
+            continue;
+        }
+        for (i, p) in s.keys.iter_mut().enumerate() {
             pace.step().await;
-            for owner in &slot_owners[&p.slot] {
-                if same[owner].contains(&p.slot) {
-                    p.unconfirmed -= 1;
-                    p.held = true;
+            if confirmed > 0 {
+                p.unconfirmed -= confirmed + filling.len();
+                p.held = true;
+                continue;
+            }
+            for &owner in &filling {
+                let places = unheld.entry(owner).or_default();
+                places.push((slot, i as u32));
+                if places.len() == walk::CHUNK {
+                    declined.push((owner.clone(), std::mem::take(places)));
                 }
             }
         }
     }
+    declined.extend(unheld.into_iter().filter(|(_, p)| !p.is_empty()).map(|(o, p)| (o.clone(), p)));
     let mut complete = true;
-    // Offers declined by an owner still filling from nothing: it pulls what it owns from the
-    // other owners, so it is sent only the keys none of them confirmed.
-    let mut declined: Vec<(NodeId, Vec<KeyVersion>)> = Vec::new();
-    for owner in &declining {
-        let mut pace = Pace::new(&rt.walks);
-        let mut keys = Vec::new();
-        for (key, p) in &pending {
-            pace.step().await;
-            if slot_owners[&p.slot].contains(owner) {
-                keys.push(version_of(key.clone(), p.version, p.tombstone));
-            }
-            // In chunks: each is looked up and confirmed in one go below.
-            if keys.len() == walk::CHUNK {
-                declined.push((owner.clone(), std::mem::take(&mut keys)));
-            }
-        }
-        if !keys.is_empty() {
-            declined.push((owner.clone(), keys));
-        }
-    }
-    for owner in everyone.into_iter().filter(|o| !declining.contains(o)) {
-        let mut after: Option<Bytes> = None;
+    for owner in everyone.iter().filter(|o| !declining.contains(*o)) {
+        let mut cursor = Some((0, 0));
         loop {
             // Small chunks: answering a hand-off offer reads each offered key (no walk), and
             // the owner's answer (what it lacks) is only as fresh as its chunk: the smaller the
             // chunk, the fewer of the records pushed have reached the owner some other way
             // meanwhile.
-            let skip = &same[&owner];
-            let chunk = next_offer(rt, &pending, &slot_owners, &owner, skip, after.take()).await;
-            let Some(last) = chunk.last() else { break };
-            after = Some(last.key.clone());
+            let (chunk, places) = next_offer(rt, &slots, owner, &same[owner], &mut cursor).await;
+            if chunk.is_empty() {
+                break;
+            }
             rt.throttle_work(chunk.iter().map(|v| offer_cost(&v.key)).sum()).await;
             let op = CacheOp::Versions(Versions {
                 bucket: b.name.to_string(),
                 ranges: Vec::new(),
-                versions: chunk.clone(),
+                versions: chunk,
                 handoff: true,
                 // A key is dropped here once its owners confirm it: every version counts.
                 cutoff: 0,
             });
-            let ex = match rt.call(&owner, op, walk_timeout(rt, b)).await {
+            let ex = match rt.call(owner, op, walk_timeout(rt, b)).await {
                 Ok(CacheReply::Exchange(ex)) => ex,
                 _ => {
                     complete = false;
@@ -637,42 +647,44 @@ async fn hand_off(
                 }
             };
             if ex.more {
-                declined.push((owner.clone(), chunk));
+                declined.push((owner.clone(), places));
                 continue;
             }
             let keys: Vec<Bytes> = ex
                 .need
                 .iter()
-                .filter_map(|&i| chunk.get(i as usize).map(|v| v.key.clone()))
+                .filter_map(|&i| places.get(i as usize))
+                .filter_map(|&place| pending_at(&slots, place).map(|p| p.key.clone()))
                 .collect();
-            if !push(rt, b, &owner, &keys).await {
+            if !push(rt, b, owner, &keys).await {
                 complete = false;
                 break;
             }
-            confirm(&mut pending, &chunk, true);
+            confirm(&mut slots, &places, true);
         }
     }
-    for (owner, chunk) in declined {
+    for (owner, places) in declined {
         tokio::task::yield_now().await;
-        let alone: Vec<Bytes> = chunk
+        let alone: Vec<Bytes> = places
             .iter()
-            .filter(|v| pending.get(&v.key).is_some_and(|p| !p.held))
-            .map(|v| v.key.clone())
+            .filter_map(|&place| pending_at(&slots, place))
+            .filter(|p| !p.held)
+            .map(|p| p.key.clone())
             .collect();
         if !push(rt, b, &owner, &alone).await {
             complete = false;
             continue;
         }
-        confirm(&mut pending, &chunk, false);
+        confirm(&mut slots, &places, false);
     }
     let mut dropped = 0;
     let mut pace = Pace::new(&rt.walks);
-    for (i, (key, p)) in pending.into_iter().enumerate() {
+    for (i, p) in slots.into_values().flat_map(|s| s.keys).enumerate() {
         if i % DROP_CHUNK == 0 {
             rt.throttle_work(DROP_CHUNK * KEY_WORK_COST).await;
         }
         pace.step().await;
-        if p.unconfirmed == 0 && b.local.drop_if_unchanged(&key, p.version) {
+        if p.unconfirmed == 0 && b.local.drop_if_unchanged(&p.key, p.version) {
             dropped += 1;
         }
     }
@@ -721,42 +733,45 @@ fn offer_cost(key: &[u8]) -> usize {
 }
 
 /// The next chunk of offers for `owner`, costing at most `sync_batch_bytes` of the budget
-/// ([`offer_cost`]): the keys after `after` in `pending` (in key order) whose slot `owner`
-/// owns.
+/// ([`offer_cost`]), and where each offered key waits: the keys from `cursor` on (then moved
+/// past them; `None` once every slot was read) in the slots `owner` owns, except those of
+/// `skip`.
 async fn next_offer(
     rt: &Runtime,
-    pending: &BTreeMap<Bytes, Pending>,
-    slot_owners: &BTreeMap<u32, Vec<NodeId>>,
+    slots: &BTreeMap<u32, SlotKeys>,
     owner: &NodeId,
     skip: &BTreeSet<u32>,
-    after: Option<Bytes>,
-) -> Vec<KeyVersion> {
-    let from = match after {
-        Some(k) => std::ops::Bound::Excluded(k),
-        None => std::ops::Bound::Unbounded,
-    };
-    let mut chunk = Vec::new();
+    cursor: &mut Option<Place>,
+) -> (Vec<KeyVersion>, Vec<Place>) {
+    let (mut chunk, mut places) = (Vec::new(), Vec::new());
+    let Some((from_slot, from_index)) = *cursor else { return (chunk, places) };
     let mut size = 0;
     let mut pace = Pace::new(&rt.walks);
-    for (key, p) in pending.range((from, std::ops::Bound::Unbounded)) {
-        pace.step().await;
-        if skip.contains(&p.slot) || !slot_owners.get(&p.slot).is_some_and(|o| o.contains(owner)) {
+    for (&slot, s) in slots.range(from_slot..) {
+        if skip.contains(&slot) || !s.owners.contains(owner) {
             continue;
         }
-        size += offer_cost(key);
-        chunk.push(version_of(key.clone(), p.version, p.tombstone));
-        if size >= rt.config.sync_batch_bytes {
-            break;
+        let from = if slot == from_slot { from_index as usize } else { 0 };
+        for (i, p) in s.keys.iter().enumerate().skip(from) {
+            pace.step().await;
+            size += offer_cost(&p.key);
+            chunk.push(version_of(p.key.clone(), p.version, p.tombstone));
+            places.push((slot, i as u32));
+            if size >= rt.config.sync_batch_bytes {
+                *cursor = Some((slot, i as u32 + 1));
+                return (chunk, places);
+            }
         }
     }
-    chunk
+    *cursor = None;
+    (chunk, places)
 }
 
-/// Counts one more owner as holding every key of `chunk`; `held_by_owner` when that owner
+/// Counts one more owner as holding every key at `places`; `held_by_owner` when that owner
 /// confirmed the keys itself rather than being pushed them after declining.
-fn confirm(pending: &mut BTreeMap<Bytes, Pending>, chunk: &[KeyVersion], held_by_owner: bool) {
-    for v in chunk {
-        if let Some(p) = pending.get_mut(&v.key) {
+fn confirm(slots: &mut BTreeMap<u32, SlotKeys>, places: &[Place], held_by_owner: bool) {
+    for &(slot, i) in places {
+        if let Some(p) = slots.get_mut(&slot).and_then(|s| s.keys.get_mut(i as usize)) {
             p.unconfirmed -= 1;
             p.held |= held_by_owner;
         }
