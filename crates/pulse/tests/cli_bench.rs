@@ -60,7 +60,11 @@ fn bench_runs_every_scenario_and_reports_json() {
     assert!(memory["ours_bytes_per_entry"].as_f64().unwrap() >= 0.0);
     assert_eq!(memory["redis_bytes_per_entry"].is_f64(), with_redis);
 
+    // One repeat, run in a process of its own and reported as the median.
+    let runs = report["rebalance_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
     let rebalance = &report["rebalance"];
+    assert_eq!(rebalance, &runs[0]);
     assert_eq!(rebalance["entries"], 2000);
     // The new node owns about three quarters of the keys at RF=3: most moved to it by sync,
     // the rest arrived as foreground writes during the join.
