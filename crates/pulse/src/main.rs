@@ -10,7 +10,6 @@ mod bench;
 mod chaos;
 mod client;
 mod demo;
-mod malloc;
 mod progress;
 
 use std::time::Duration;
@@ -122,7 +121,6 @@ enum BucketCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    malloc::tune();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
