@@ -358,6 +358,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if args.scenarios.contains(&Scenario::Rebalance) {
+        // Alone and once, this process is the fresh one a repeat needs.
         if args.repeats == 1 && args.scenarios == [Scenario::Rebalance] {
             report.rebalance_runs.push(rebalance(&secret, args.entries, &value).await?);
         } else {
@@ -784,10 +785,16 @@ async fn rebalance_apart(entries: u64) -> anyhow::Result<RebalanceFigures> {
 /// The run whose p99 during/before is the median (the lower of the two middle ones for an
 /// even count).
 fn median_rebalance(runs: &[RebalanceFigures]) -> Option<RebalanceFigures> {
-    let ratio = |r: &RebalanceFigures| r.p99_during_us / r.p99_before_us.max(f64::MIN_POSITIVE);
     let mut sorted: Vec<&RebalanceFigures> = runs.iter().collect();
-    sorted.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    sorted.sort_by(|a, b| a.p99_ratio().total_cmp(&b.p99_ratio()));
     sorted.get(sorted.len().saturating_sub(1) / 2).map(|r| (*r).clone())
+}
+
+impl RebalanceFigures {
+    /// The foreground's p99 during the join over its p99 before: the target.
+    fn p99_ratio(&self) -> f64 {
+        self.p99_during_us / self.p99_before_us.max(f64::MIN_POSITIVE)
+    }
 }
 
 /// A `redis-server` on a free loopback port, persistence off; stopped on drop.
@@ -1037,7 +1044,7 @@ fn print_table(report: &Report, json: bool) {
             r.entries_on_new_node,
             r.p99_before_us,
             r.p99_during_us,
-            r.p99_during_us / r.p99_before_us,
+            r.p99_ratio(),
             r.p99_after_us
         ));
     }
