@@ -73,6 +73,8 @@ fn bench_runs_every_scenario_and_reports_json() {
     assert!(rebalance["records_moved"].as_u64().unwrap() >= on_new / 2, "{rebalance}");
     assert!(rebalance["bytes_moved"].as_u64().unwrap() > 0);
     assert!(rebalance["p99_before_us"].as_f64().unwrap() > 0.0);
+    // 30 s at scale 1, a second at least.
+    assert_eq!(rebalance["steady_window_s"], 1.0, "{rebalance}");
 
     let checks = report["checks"].as_array().unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c["what"].as_str().unwrap()).collect();
