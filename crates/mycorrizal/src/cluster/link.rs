@@ -639,6 +639,9 @@ async fn serve_inner(
             // requests outstanding it raised remote gets by about 45 % (docs/BENCHMARKS.md),
             // and alone on the runtime it costs one trip through the scheduler.
             batch.extend_from_slice(&bytes);
+            // Let go of the copied buffer at once: the serving loop encodes its next batch
+            // into it.
+            drop(bytes);
             tokio::task::yield_now().await;
             while batch.len() < WRITE_BATCH
                 && let Ok(more) = writes.try_recv()
@@ -671,6 +674,7 @@ async fn serve_inner(
     let mut decoder = FrameDecoder::new(DEFAULT_CHUNK_SIZE as u32 * 2);
     let mut reassembler = Reassembler::new(settings.max_message, settings.max_message * 2);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::new();
     let lost = |detail: &str| MessagingError::ConnectionLost {
         peer: peer.clone(),
         detail: detail.to_owned(),
@@ -688,8 +692,11 @@ async fn serve_inner(
             biased;
             permit = to_writer.reserve(), if !outq.is_empty() => {
                 let Ok(permit) = permit else { break false };
-                // One frame of each message in turn, as many turns as fit one write.
-                let mut out = BytesMut::new();
+                // One frame of each message in turn, as many turns as fit one write. `out` keeps
+                // its buffer across writes: once the writer task has copied a batch and let go
+                // of it, the next batch is encoded into the same memory (`BytesMut::reserve`
+                // takes it back) instead of a new buffer grown frame by frame.
+                out.reserve(WRITE_BATCH);
                 while out.len() < WRITE_BATCH
                     && let Some(mut message) = outq.pop_front()
                 {
@@ -701,7 +708,7 @@ async fn serve_inner(
                         }
                     }
                 }
-                permit.send(out.freeze());
+                permit.send(out.split().freeze());
             }
             answer = answers_rx.recv() => {
                 let Some(a) = answer else { continue };
