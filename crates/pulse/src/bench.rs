@@ -712,15 +712,18 @@ async fn rebalance(
             Sample::from_latencies(all, started.elapsed())
         }
     };
-    let spinner = progress::spinner(&format!(
-        "rebalance: foreground load, steady state ({:.0} s)",
-        window.as_secs_f64()
-    ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let steady = tokio::spawn(foreground(stop.clone()));
-    tokio::time::sleep(window).await;
-    stop.store(true, Relaxed);
-    let before = steady.await?;
+    // The load for `window`, on whatever placement stands.
+    let steady = || async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(foreground(stop.clone()));
+        tokio::time::sleep(window).await;
+        stop.store(true, Relaxed);
+        load.await
+    };
+    let secs = window.as_secs_f64();
+    let spinner =
+        progress::spinner(&format!("rebalance: foreground load, steady state ({secs:.0} s)"));
+    let before = steady().await?;
     let sent = |nodes: &[&Node]| {
         nodes.iter().fold((0, 0, 0), |(r, b, f), n| {
             let s = n.cache().stats();
@@ -759,15 +762,8 @@ async fn rebalance(
     .await
     .context("the nodes did not settle within 600 s of the join")?;
     let settled_after = took + t_settle.elapsed();
-    spinner.set_message(format!(
-        "rebalance: the same load on 4 nodes ({:.0} s)",
-        window.as_secs_f64()
-    ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let after = tokio::spawn(foreground(stop.clone()));
-    tokio::time::sleep(window).await;
-    stop.store(true, Relaxed);
-    let after = after.await?;
+    spinner.set_message(format!("rebalance: the same load on 4 nodes ({secs:.0} s)"));
+    let after = steady().await?;
     spinner.finish_and_clear();
     let figures = RebalanceFigures {
         entries,
